@@ -1,0 +1,81 @@
+"""Settings read from the environment, in this one place.
+
+Every setting has a default that works on a developer machine, so a fresh
+checkout runs with no configuration. Secrets are never given defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = PROJECT_ROOT / "data"
+
+
+class ConfigError(RuntimeError):
+    """A required setting is missing or invalid."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    # Server secret for HMAC-SHA256 of API keys; at least 32 bytes.
+    secret: bytes = field(repr=False)
+    redis_url: str | None = None
+    proxy_host: str = "127.0.0.1"
+    proxy_port: int = 8000
+    app_port: int = 8501
+    max_body_bytes: int = 4 * 1024 * 1024
+    # Seconds a verified key stays cached in a proxy worker; revocations
+    # also arrive by LISTEN/NOTIFY, so this bounds the delay if one is missed.
+    key_cache_ttl: float = 1.0
+    upstream_connect_timeout: float = 5.0
+    upstream_read_timeout: float = 120.0
+    recorder_batch_size: int = 500
+    recorder_flush_interval: float = 0.05
+    recorder_queue_size: int = 10_000
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        database_url = env.get("DATABASE_URL")
+        if not database_url:
+            raise ConfigError(
+                "DATABASE_URL is not set; start the stack with `make run`, "
+                "which sets it, or export a postgresql:// URL"
+            )
+        secret = env.get("GATEWAYZ_SECRET", "")
+        if len(secret) < 32:
+            raise ConfigError(
+                "GATEWAYZ_SECRET is missing or shorter than 32 characters; "
+                "`make run` generates one in data/gatewayz.env"
+            )
+        return cls(
+            database_url=database_url,
+            secret=secret.encode(),
+            redis_url=env.get("REDIS_URL") or None,
+            proxy_host=env.get("GATEWAYZ_PROXY_HOST", "127.0.0.1"),
+            proxy_port=int(env.get("GATEWAYZ_PROXY_PORT", "8000")),
+            app_port=int(env.get("GATEWAYZ_APP_PORT", "8501")),
+            max_body_bytes=int(env.get("GATEWAYZ_MAX_BODY_BYTES", str(4 << 20))),
+            key_cache_ttl=float(env.get("GATEWAYZ_KEY_CACHE_TTL", "1.0")),
+            upstream_connect_timeout=float(env.get("GATEWAYZ_UPSTREAM_CONNECT_TIMEOUT", "5")),
+            upstream_read_timeout=float(env.get("GATEWAYZ_UPSTREAM_READ_TIMEOUT", "120")),
+        )
+
+
+def sqlalchemy_url(database_url: str) -> str:
+    """Return the URL with the psycopg 3 driver named, as SQLAlchemy needs."""
+    for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
+        if database_url.startswith(prefix):
+            return "postgresql+psycopg://" + database_url[len(prefix) :]
+    raise ConfigError(f"DATABASE_URL must be a postgresql:// URL, got {database_url!r}")
+
+
+def libpq_url(database_url: str) -> str:
+    """Return the URL in the form libpq (psycopg, DuckDB) accepts."""
+    if database_url.startswith("postgresql+psycopg://"):
+        return "postgresql://" + database_url[len("postgresql+psycopg://") :]
+    return database_url

@@ -1,0 +1,94 @@
+"""Errors that reach API clients, each mapped to an OpenAI-style body.
+
+GatewayError
+├── InvalidRequestError       400 invalid_request_error
+├── AuthenticationError       401 authentication_error
+├── InsufficientCreditsError  402 insufficient_credits
+├── PermissionDeniedError     403 permission_error
+├── NotFoundError             404 not_found_error
+├── PayloadTooLargeError      413 invalid_request_error
+├── RateLimitError            429 rate_limit_error
+└── UpstreamError             502 upstream_error (status may be the upstream's)
+    └── UpstreamTimeoutError  504 timeout_error
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    status_code = 500
+    error_type = "server_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        status_code: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
+        if status_code is not None:
+            self.status_code = status_code
+        self.headers = headers or {}
+
+    def to_body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequestError(GatewayError):
+    status_code = 400
+    error_type = "invalid_request_error"
+
+
+class AuthenticationError(GatewayError):
+    status_code = 401
+    error_type = "authentication_error"
+
+
+class InsufficientCreditsError(GatewayError):
+    status_code = 402
+    error_type = "insufficient_credits"
+
+
+class PermissionDeniedError(GatewayError):
+    status_code = 403
+    error_type = "permission_error"
+
+
+class NotFoundError(GatewayError):
+    status_code = 404
+    error_type = "not_found_error"
+
+
+class PayloadTooLargeError(GatewayError):
+    status_code = 413
+    error_type = "invalid_request_error"
+
+
+class RateLimitError(GatewayError):
+    status_code = 429
+    error_type = "rate_limit_error"
+
+
+class UpstreamError(GatewayError):
+    status_code = 502
+    error_type = "upstream_error"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    status_code = 504
+    error_type = "timeout_error"

@@ -1,0 +1,134 @@
+"""API keys: generation, hashing, storage and revocation.
+
+A key is `gw_live_` or `gw_test_` followed by 43 URL-safe characters
+(32 random bytes). Postgres stores only HMAC-SHA256(secret, key), a display
+prefix and the last four characters; the key itself exists only in the
+response that created it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection, insert, select, text, update
+
+from gateway_core.errors import NotFoundError
+from gateway_core.schema import api_keys, teams
+
+KEY_PREFIXES = {"live": "gw_live_", "test": "gw_test_"}
+KEY_RANDOM_BYTES = 32
+# Postgres channel on which revocations are announced to proxy workers.
+REVOCATION_CHANNEL = "gatewayz_key_revoked"
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    id: int
+    team_id: int
+    name: str
+    mode: str
+    prefix: str
+    last4: str
+    # The plain key; shown once to the person who asked for it.
+    secret: str
+
+
+@dataclass(frozen=True)
+class KeySummary:
+    id: int
+    team_id: int
+    team_name: str
+    name: str
+    mode: str
+    prefix: str
+    last4: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def hash_key(secret: bytes, key: str) -> bytes:
+    return hmac.new(secret, key.encode(), hashlib.sha256).digest()
+
+
+def generate_key(mode: str) -> str:
+    if mode not in KEY_PREFIXES:
+        raise ValueError(f"key mode must be 'live' or 'test', got {mode!r}")
+    return KEY_PREFIXES[mode] + secrets.token_urlsafe(KEY_RANDOM_BYTES)
+
+
+def looks_like_key(candidate: str) -> bool:
+    return candidate.startswith(("gw_live_", "gw_test_")) and len(candidate) < 200
+
+
+def create_key(
+    conn: Connection,
+    secret: bytes,
+    *,
+    team_id: int,
+    name: str,
+    mode: str = "live",
+    created_by: str | None = None,
+) -> IssuedKey:
+    """Insert a new key for a team and return it with its plain value."""
+    plain = generate_key(mode)
+    prefix = plain[: len(KEY_PREFIXES[mode]) + 4]
+    last4 = plain[-4:]
+    key_id = conn.execute(
+        insert(api_keys)
+        .values(
+            team_id=team_id,
+            name=name,
+            key_hash=hash_key(secret, plain),
+            prefix=prefix,
+            last4=last4,
+            mode=mode,
+            created_by=created_by,
+        )
+        .returning(api_keys.c.id)
+    ).scalar_one()
+    return IssuedKey(key_id, team_id, name, mode, prefix, last4, plain)
+
+
+def revoke_key(conn: Connection, key_id: int) -> bool:
+    """Revoke a key and tell proxy workers at commit; False if it was not active."""
+    key_hash = conn.execute(
+        update(api_keys)
+        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+        .values(revoked_at=text("now()"))
+        .returning(api_keys.c.key_hash)
+    ).scalar_one_or_none()
+    if key_hash is None:
+        exists = conn.execute(select(api_keys.c.id).where(api_keys.c.id == key_id)).first()
+        if exists is None:
+            raise NotFoundError(f"no API key with id {key_id}")
+        return False
+    conn.execute(
+        text("SELECT pg_notify(:channel, :payload)"),
+        {"channel": REVOCATION_CHANNEL, "payload": key_hash.hex()},
+    )
+    return True
+
+
+def list_keys(conn: Connection, team_id: int | None = None) -> list[KeySummary]:
+    query = (
+        select(
+            api_keys.c.id,
+            api_keys.c.team_id,
+            teams.c.name.label("team_name"),
+            api_keys.c.name,
+            api_keys.c.mode,
+            api_keys.c.prefix,
+            api_keys.c.last4,
+            api_keys.c.created_at,
+            api_keys.c.revoked_at,
+        )
+        .join(teams, teams.c.id == api_keys.c.team_id)
+        .order_by(api_keys.c.id)
+    )
+    if team_id is not None:
+        query = query.where(api_keys.c.team_id == team_id)
+    return [KeySummary(**row._mapping) for row in conn.execute(query)]

@@ -1,0 +1,70 @@
+"""Fixtures shared by the suite: a real Postgres database per test run.
+
+The database server comes from TEST_DATABASE_URL (default: the local server
+on 127.0.0.1:5432 with trust auth). Each run creates its own database,
+migrates it with Alembic and drops it at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from sqlalchemy import Engine, text
+
+from gateway_core.config import Settings
+from gateway_core.db import get_engine, migrate
+from gateway_core.schema import metadata
+
+SERVER_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEST_SECRET = "test-secret-" + "x" * 40
+
+
+def _with_database(server_url: str, name: str) -> str:
+    base, _, query = server_url.partition("?")
+    base = base.rsplit("/", 1)[0]
+    return f"{base}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    name = f"gatewayz_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(SERVER_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = _with_database(SERVER_URL, name)
+    migrate(url)
+    yield url
+    get_engine(url).dispose()
+    with psycopg.connect(SERVER_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, secret=TEST_SECRET.encode())
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """The migrated database, emptied before each test."""
+    engine = get_engine(database_url)
+    tables = ", ".join(f'"{table.name}"' for table in metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    yield engine
+
+
+@pytest.fixture
+def server_env(database_url: str) -> dict[str, str]:
+    """Environment for a proxy or app process started by a test."""
+    env = dict(os.environ)
+    env.update(DATABASE_URL=database_url, GATEWAYZ_SECRET=TEST_SECRET)
+    return env
+
+
+def random_suffix() -> str:
+    return secrets.token_hex(4)
