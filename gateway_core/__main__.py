@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -72,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from gateway_core.launcher import run
 
             return run(start_app=not args.no_app)
-        settings = Settings.from_env()
+        from gateway_core.launcher import local_environment
+
+        settings = Settings.from_env(local_environment(dict(os.environ)))
         if args.command == "migrate":
             migrate(settings.database_url)
             print("database is up to date")

@@ -33,6 +33,9 @@ class Settings:
     key_cache_ttl: float = 1.0
     upstream_connect_timeout: float = 5.0
     upstream_read_timeout: float = 120.0
+    # Seconds before an unknown provider name triggers a reload of the
+    # providers table, so providers added at run time are picked up.
+    provider_refresh_interval: float = 2.0
     recorder_batch_size: int = 500
     recorder_flush_interval: float = 0.05
     recorder_queue_size: int = 10_000
@@ -63,6 +66,7 @@ class Settings:
             key_cache_ttl=float(env.get("GATEWAYZ_KEY_CACHE_TTL", "1.0")),
             upstream_connect_timeout=float(env.get("GATEWAYZ_UPSTREAM_CONNECT_TIMEOUT", "5")),
             upstream_read_timeout=float(env.get("GATEWAYZ_UPSTREAM_READ_TIMEOUT", "120")),
+            provider_refresh_interval=float(env.get("GATEWAYZ_PROVIDER_REFRESH_INTERVAL", "2")),
         )
 
 

@@ -127,6 +127,7 @@ usage_events = Table(
     Column("prompt_tokens", Integer, nullable=False, server_default="0"),
     Column("completion_tokens", Integer, nullable=False, server_default="0"),
     Column("cached_tokens", Integer, nullable=False, server_default="0"),
+    Column("cache_write_tokens", Integer, nullable=False, server_default="0"),
     Column("reasoning_tokens", Integer, nullable=False, server_default="0"),
     Column("cost_usd", Money, nullable=False, server_default="0"),
     Column("latency_ms", Integer, nullable=False),

@@ -69,6 +69,7 @@ def upgrade() -> None:
         sa.Column("prompt_tokens", sa.Integer(), server_default="0", nullable=False),
         sa.Column("completion_tokens", sa.Integer(), server_default="0", nullable=False),
         sa.Column("cached_tokens", sa.Integer(), server_default="0", nullable=False),
+        sa.Column("cache_write_tokens", sa.Integer(), server_default="0", nullable=False),
         sa.Column("reasoning_tokens", sa.Integer(), server_default="0", nullable=False),
         sa.Column(
             "cost_usd", sa.Numeric(precision=20, scale=10), server_default="0", nullable=False

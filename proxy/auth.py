@@ -1,0 +1,108 @@
+"""API key verification with a short per-worker cache.
+
+A verified key is cached for `ttl` seconds. Revocations are also pushed by
+Postgres NOTIFY on `keys.REVOCATION_CHANNEL`, which evicts the entry at once;
+the TTL bounds the delay if a notification is missed while reconnecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from gateway_core.errors import AuthenticationError, PermissionDeniedError
+from gateway_core.keys import REVOCATION_CHANNEL, hash_key, looks_like_key
+from proxy.context import KeyIdentity
+
+logger = logging.getLogger("gatewayz.auth")
+
+_LOOKUP = (
+    "SELECT k.id, k.team_id, t.organization_id, k.mode, k.revoked_at IS NOT NULL, k.key_hash "
+    "FROM api_keys k JOIN teams t ON t.id = k.team_id WHERE k.key_hash = %s"
+)
+
+
+def bearer_token(authorization: str | None, api_key_header: str | None) -> str:
+    """Return the key from `Authorization: Bearer` or Anthropic's `x-api-key`."""
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    if api_key_header:
+        return api_key_header.strip()
+    raise AuthenticationError(
+        "missing API key: send it as 'Authorization: Bearer gw_...'", code="missing_api_key"
+    )
+
+
+class KeyVerifier:
+    def __init__(self, pool: AsyncConnectionPool, secret: bytes, ttl: float = 1.0) -> None:
+        self._pool = pool
+        self._secret = secret
+        self._ttl = ttl
+        self._cache: dict[bytes, tuple[float, KeyIdentity]] = {}
+        self._listener: asyncio.Task[None] | None = None
+
+    async def verify(self, token: str) -> KeyIdentity:
+        if not looks_like_key(token):
+            raise AuthenticationError("invalid API key", code="invalid_api_key")
+        digest = hash_key(self._secret, token)
+        cached = self._cache.get(digest)
+        now = time.monotonic()
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        async with self._pool.connection() as conn:
+            row = await (await conn.execute(_LOOKUP, (digest,))).fetchone()
+        # The index lookup already matched the digest; comparing again in
+        # constant time keeps the check independent of how the row was found.
+        if row is None or not hmac.compare_digest(bytes(row[5]), digest):
+            self._cache.pop(digest, None)
+            raise AuthenticationError("invalid API key", code="invalid_api_key")
+        key_id, team_id, organization_id, mode, revoked, _ = row
+        if revoked:
+            self._cache.pop(digest, None)
+            raise PermissionDeniedError(
+                f"API key {key_id} has been revoked; ask an admin for a new key",
+                code="api_key_revoked",
+            )
+        identity = KeyIdentity(key_id, team_id, organization_id, mode)
+        self._cache[digest] = (now + self._ttl, identity)
+        return identity
+
+    def evict(self, digest: bytes) -> None:
+        self._cache.pop(digest, None)
+
+    def start_listener(self, conninfo: str) -> None:
+        self._listener = asyncio.create_task(self._listen(conninfo), name="key-revocations")
+
+    async def stop_listener(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+
+    async def _listen(self, conninfo: str) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {REVOCATION_CHANNEL}")
+                    # Entries cached before LISTEN started may have missed a
+                    # revocation, so start from an empty cache.
+                    self._cache.clear()
+                    async for notify in conn.notifies():
+                        try:
+                            self.evict(bytes.fromhex(notify.payload))
+                        except ValueError:
+                            logger.warning("ignored malformed revocation notice")
+            except asyncio.CancelledError:
+                raise
+            except psycopg.Error as exc:
+                logger.warning("revocation listener lost its connection (%s); reconnecting", exc)
+                self._cache.clear()
+                await asyncio.sleep(1.0)

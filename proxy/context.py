@@ -1,0 +1,89 @@
+"""Per-call state, carried from authentication to the usage row."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from gateway_core.pricing import TokenUsage
+
+
+@dataclass(frozen=True)
+class KeyIdentity:
+    """The verified API key behind a request; never holds the key itself."""
+
+    key_id: int
+    team_id: int
+    organization_id: int
+    mode: str
+
+    @property
+    def is_test(self) -> bool:
+        return self.mode == "test"
+
+
+def new_request_id() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+@dataclass
+class CallContext:
+    endpoint: str
+    request_id: str = field(default_factory=new_request_id)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started: float = field(default_factory=time.perf_counter)
+    identity: KeyIdentity | None = None
+    model: str | None = None
+    provider: str | None = None
+    stream: bool = False
+    partial: bool = False
+    status_code: int = 200
+    error_type: str | None = None
+    usage: TokenUsage = field(default_factory=TokenUsage)
+    cost: Decimal = Decimal(0)
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0
+
+    def mark_first_token(self) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+
+    def finish(self, status_code: int, error_type: str | None = None) -> None:
+        self.status_code = status_code
+        self.error_type = error_type
+        self.finished_at = time.perf_counter()
+
+    def usage_row(self) -> dict[str, Any]:
+        finished = self.finished_at if self.finished_at is not None else time.perf_counter()
+        ttft_ms = None
+        if self.first_token_at is not None:
+            ttft_ms = round((self.first_token_at - self.started) * 1000)
+        identity = self.identity
+        return {
+            "request_id": self.request_id,
+            "created_at": self.started_at,
+            "organization_id": identity.organization_id if identity else None,
+            "team_id": identity.team_id if identity else None,
+            "api_key_id": identity.key_id if identity else None,
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "provider": self.provider,
+            "status_code": self.status_code,
+            "error_type": self.error_type,
+            "stream": self.stream,
+            "partial": self.partial,
+            "prompt_tokens": self.usage.prompt_tokens,
+            "completion_tokens": self.usage.completion_tokens,
+            "cached_tokens": self.usage.cached_tokens,
+            "cache_write_tokens": self.usage.cache_write_tokens,
+            "reasoning_tokens": self.usage.reasoning_tokens,
+            "cost_usd": self.cost,
+            "latency_ms": round((finished - self.started) * 1000),
+            "ttft_ms": ttft_ms,
+            "attempts": self.attempts,
+        }

@@ -1,0 +1,345 @@
+"""The OpenAI SDK against a running proxy, with usage rows checked in Postgres."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from sqlalchemy import Engine, select, text
+
+from gateway_core import directory, keys, providers
+from gateway_core.schema import usage_events
+from tests.conftest import TEST_SECRET
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.processes import ProxyProcess
+
+PROVIDER_KEY = "sk-fake-provider-secret-0123456789"
+
+
+@pytest.fixture(scope="module")
+def fake_upstream() -> Iterator[FakeOpenAI]:
+    upstream = FakeOpenAI(hang_seconds=5).start()
+    yield upstream
+    upstream.stop()
+
+
+@pytest.fixture(scope="module")
+def proxy(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    import os
+
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url,
+        GATEWAYZ_SECRET=TEST_SECRET,
+        GATEWAYZ_PROVIDER_REFRESH_INTERVAL="0",
+        GATEWAYZ_UPSTREAM_READ_TIMEOUT="1",
+        GATEWAYZ_MAX_BODY_BYTES=str(64 * 1024),
+        FAKE_PROVIDER_KEY=PROVIDER_KEY,
+    )
+    process = ProxyProcess(env, tmp_path_factory.mktemp("proxy") / "proxy.log")
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def live_key(engine: Engine, fake_upstream: FakeOpenAI) -> keys.IssuedKey:
+    with engine.begin() as conn:
+        team = directory.create_team(conn, "research")
+        providers.upsert_provider(
+            conn, name="fake", base_url=fake_upstream.base_url, api_key_env="FAKE_PROVIDER_KEY"
+        )
+        return keys.create_key(conn, TEST_SECRET.encode(), team_id=team.id, name="ci")
+
+
+@pytest.fixture
+def client(proxy: ProxyProcess, live_key: keys.IssuedKey) -> openai.OpenAI:
+    return openai.OpenAI(base_url=proxy.base_url + "/v1", api_key=live_key.secret, max_retries=0)
+
+
+def usage_row(engine: Engine, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
+    """Wait for the recorder to write the call's row and return it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(usage_events).where(usage_events.c.request_id == request_id)
+            ).all()
+        if rows:
+            assert len(rows) == 1
+            return dict(rows[0]._mapping)
+        time.sleep(0.02)
+    raise AssertionError(f"no usage row for {request_id}")
+
+
+def usage_count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM usage_events")).scalar_one()
+
+
+def test_sandbox_chat_non_streaming(client: openai.OpenAI, engine: Engine, live_key) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="sandbox/echo", messages=[{"role": "user", "content": "hello there gateway"}]
+    )
+    completion = raw.parse()
+    answer = completion.choices[0].message.content
+    assert "sandbox" in answer
+    assert answer.endswith("hello there gateway")
+    assert raw.headers["x-gatewayz-cost-usd"] == "0.0000000000"
+    row = usage_row(engine, raw.headers["x-request-id"])
+    assert row["model"] == "sandbox/echo"
+    assert row["provider"] == "sandbox"
+    assert row["status_code"] == 200
+    assert row["api_key_id"] == live_key.id
+    assert row["team_id"] == live_key.team_id
+    assert row["prompt_tokens"] == completion.usage.prompt_tokens == 6
+    assert row["completion_tokens"] == completion.usage.completion_tokens
+    assert row["cost_usd"] == Decimal(0)
+    assert row["stream"] is False
+    assert row["latency_ms"] >= 0
+
+
+def test_sandbox_chat_streaming(client: openai.OpenAI, engine: Engine) -> None:
+    with client.chat.completions.with_streaming_response.create(
+        model="sandbox/reverse",
+        messages=[{"role": "user", "content": "one two three"}],
+        stream=True,
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        chunks = list(response.parse())
+    text_out = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text_out.endswith("three two one")
+    assert all(chunk.usage is None for chunk in chunks)
+    row = usage_row(engine, request_id)
+    assert row["stream"] is True
+    assert row["partial"] is False
+    assert row["status_code"] == 200
+    assert row["prompt_tokens"] == 6
+    assert row["completion_tokens"] == len(text_out.split())
+    assert row["ttft_ms"] is not None
+
+
+def test_models_list_contains_sandbox(client: openai.OpenAI) -> None:
+    ids = [model.id for model in client.models.list()]
+    assert "sandbox/echo" in ids
+    assert client.models.retrieve("sandbox/echo").owned_by == "sandbox"
+
+
+def test_upstream_non_streaming(
+    client: openai.OpenAI, engine: Engine, fake_upstream: FakeOpenAI
+) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="fake/any-model", messages=[{"role": "user", "content": "ping"}]
+    )
+    assert raw.parse().choices[0].message.content == "fake answer: ping"
+    assert fake_upstream.requests[-1]["model"] == "any-model"
+    assert fake_upstream.headers[-1]["authorization"] == f"Bearer {PROVIDER_KEY}"
+    row = usage_row(engine, raw.headers["x-request-id"])
+    assert row["provider"] == "fake"
+    assert row["model"] == "fake/any-model"
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (11, 3)
+    assert row["attempts"] == 1
+
+
+def test_upstream_streaming_strips_usage_chunk(
+    client: openai.OpenAI, engine: Engine, fake_upstream: FakeOpenAI
+) -> None:
+    with client.chat.completions.with_streaming_response.create(
+        model="fake/any-model", messages=[{"role": "user", "content": "a b c"}], stream=True
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        chunks = list(response.parse())
+    assert fake_upstream.requests[-1]["stream_options"] == {"include_usage": True}
+    assert all(chunk.usage is None for chunk in chunks)
+    text_out = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text_out == "fake answer: a b c"
+    row = usage_row(engine, request_id)
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (11, 5)
+    assert row["partial"] is False
+
+
+def test_upstream_streaming_keeps_requested_usage(client: openai.OpenAI, engine: Engine) -> None:
+    stream = client.chat.completions.create(
+        model="fake/any-model",
+        messages=[{"role": "user", "content": "x"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    usages = [chunk.usage for chunk in stream if chunk.usage is not None]
+    assert len(usages) == 1
+    assert usages[0].completion_tokens == 3
+
+
+def post_chat(proxy: ProxyProcess, body: Any, key: str | None, **kwargs: Any) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    if isinstance(body, (bytes, str)):
+        return httpx.post(
+            proxy.base_url + "/v1/chat/completions",
+            content=body,
+            headers={**headers, "content-type": "application/json"},
+            timeout=30,
+            **kwargs,
+        )
+    return httpx.post(
+        proxy.base_url + "/v1/chat/completions", json=body, headers=headers, timeout=30
+    )
+
+
+CHAT = {"model": "sandbox/echo", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "error_type"),
+    [
+        ("missing_key", 401, "authentication_error"),
+        ("unknown_key", 401, "authentication_error"),
+        ("unknown_model", 404, "not_found_error"),
+        ("unknown_sandbox_model", 404, "not_found_error"),
+        ("invalid_json", 400, "invalid_request_error"),
+        ("missing_messages", 400, "invalid_request_error"),
+        ("missing_model", 400, "invalid_request_error"),
+        ("body_too_large", 413, "invalid_request_error"),
+        ("upstream_500", 502, "upstream_error"),
+        ("upstream_bad_json", 502, "upstream_error"),
+        ("upstream_400", 400, "invalid_request_error"),
+        ("upstream_429", 429, "rate_limit_error"),
+        ("upstream_timeout", 504, "timeout_error"),
+    ],
+)
+def test_error_statuses_are_recorded(
+    proxy: ProxyProcess,
+    live_key: keys.IssuedKey,
+    engine: Engine,
+    case: str,
+    status: int,
+    error_type: str,
+) -> None:
+    key: str | None = live_key.secret
+    body: Any = dict(CHAT)
+    if case == "missing_key":
+        key = None
+    elif case == "unknown_key":
+        key = "gw_live_" + "A" * 43
+    elif case == "unknown_model":
+        body["model"] = "nowhere/model"
+    elif case == "unknown_sandbox_model":
+        body["model"] = "sandbox/no-such-model"
+    elif case == "invalid_json":
+        body = b'{"model": "sandbox/echo", "messages": ['
+    elif case == "missing_messages":
+        body = {"model": "sandbox/echo"}
+    elif case == "missing_model":
+        body = {"messages": CHAT["messages"]}
+    elif case == "body_too_large":
+        body = {**CHAT, "padding": "x" * (128 * 1024)}
+    else:
+        body["model"] = {
+            "upstream_500": "fake/fail-500",
+            "upstream_bad_json": "fake/bad-json",
+            "upstream_400": "fake/fail-400",
+            "upstream_429": "fake/fail-429",
+            "upstream_timeout": "fake/hang",
+        }[case]
+    response = post_chat(proxy, body, key)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["type"] == error_type
+    assert error["message"]
+    row = usage_row(engine, response.headers["x-request-id"])
+    assert row["status_code"] == status
+    assert row["error_type"] == error_type
+    assert row["cost_usd"] == Decimal(0)
+
+
+def test_upstream_error_keeps_provider_message(
+    proxy: ProxyProcess, live_key: keys.IssuedKey
+) -> None:
+    response = post_chat(proxy, {**CHAT, "model": "fake/fail-400"}, live_key.secret)
+    assert "fake upstream failure 400" in response.json()["error"]["message"]
+
+
+def test_revoked_key_rejected_at_once(
+    proxy: ProxyProcess, live_key: keys.IssuedKey, engine: Engine
+) -> None:
+    assert post_chat(proxy, CHAT, live_key.secret).status_code == 200
+    with engine.begin() as conn:
+        assert keys.revoke_key(conn, live_key.id) is True
+    deadline = time.monotonic() + 1.0
+    while True:
+        response = post_chat(proxy, CHAT, live_key.secret)
+        if response.status_code == 403 or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "api_key_revoked"
+    usage_row(engine, response.headers["x-request-id"])
+
+
+def test_plain_key_stored_nowhere(
+    proxy: ProxyProcess, live_key: keys.IssuedKey, engine: Engine
+) -> None:
+    assert post_chat(proxy, CHAT, live_key.secret).status_code == 200
+    post_chat(proxy, {**CHAT, "model": "fake/fail-500"}, live_key.secret)
+    with engine.connect() as conn:
+        tables = conn.execute(
+            text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        ).scalars()
+        for table in list(tables):
+            dump = conn.execute(
+                text(f"SELECT coalesce(string_agg(t::text, '\n'), '') FROM \"{table}\" t")
+            ).scalar_one()
+            assert live_key.secret not in dump, table
+            assert live_key.secret[8:] not in dump, table
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT key_hash, prefix, last4 FROM api_keys")).one()
+    assert len(stored.key_hash) == 32
+    assert live_key.secret.startswith(stored.prefix)
+    assert live_key.secret.endswith(stored.last4)
+    logs = proxy.logs()
+    assert live_key.secret not in logs
+    assert PROVIDER_KEY not in logs
+
+
+def test_cli_key_lifecycle(
+    server_env: dict[str, str], engine: Engine, proxy: ProxyProcess, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway_core", *args],
+            env=server_env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert cli("teams", "create", "ops").returncode == 0
+    created = cli("keys", "create", "--team", "ops", "--test")
+    assert created.returncode == 0, created.stderr
+    plain = created.stdout.strip().splitlines()[-1]
+    assert plain.startswith("gw_test_")
+    assert len(plain) >= len("gw_test_") + 43
+    listed = cli("keys", "list").stdout
+    assert plain not in listed
+    assert plain[-4:] in listed
+    assert post_chat(proxy, {**CHAT, "model": "openai/gpt-4o-mini"}, plain).status_code == 200
+    key_id = listed.split()[0]
+    assert cli("keys", "revoke", key_id).returncode == 0
+    deadline = time.monotonic() + 1.0
+    while post_chat(proxy, CHAT, plain).status_code != 403:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    missing = cli("keys", "create", "--team", "nope")
+    assert missing.returncode == 1
+    assert "no team named 'nope'" in missing.stderr
+    for command in (["teams", "create"], ["keys", "create"], ["keys", "revoke"]):
+        helped = cli(*command, "--help")
+        assert helped.returncode == 0
+        assert "usage:" in helped.stdout
