@@ -33,6 +33,10 @@ class Settings:
     key_cache_ttl: float = 1.0
     upstream_connect_timeout: float = 5.0
     upstream_read_timeout: float = 120.0
+    upstream_max_retries: int = 2
+    # Consecutive provider failures that open its circuit, and for how long.
+    circuit_failures: int = 5
+    circuit_cooldown: float = 30.0
     # Seconds before an unknown provider name triggers a reload of the
     # providers table, so providers added at run time are picked up.
     provider_refresh_interval: float = 2.0
@@ -66,6 +70,9 @@ class Settings:
             key_cache_ttl=float(env.get("GATEWAYZ_KEY_CACHE_TTL", "1.0")),
             upstream_connect_timeout=float(env.get("GATEWAYZ_UPSTREAM_CONNECT_TIMEOUT", "5")),
             upstream_read_timeout=float(env.get("GATEWAYZ_UPSTREAM_READ_TIMEOUT", "120")),
+            upstream_max_retries=int(env.get("GATEWAYZ_UPSTREAM_MAX_RETRIES", "2")),
+            circuit_failures=int(env.get("GATEWAYZ_CIRCUIT_FAILURES", "5")),
+            circuit_cooldown=float(env.get("GATEWAYZ_CIRCUIT_COOLDOWN", "30")),
             provider_refresh_interval=float(env.get("GATEWAYZ_PROVIDER_REFRESH_INTERVAL", "2")),
         )
 

@@ -88,6 +88,20 @@ class UpstreamError(GatewayError):
     status_code = 502
     error_type = "upstream_error"
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        error_type: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        # Seconds the upstream asked to wait before retrying, if it said.
+        self.retry_after = retry_after
+        if error_type is not None:
+            self.error_type = error_type
+
 
 class UpstreamTimeoutError(UpstreamError):
     status_code = 504

@@ -12,6 +12,8 @@ from gateway_core.errors import InvalidRequestError
 from gateway_core.schema import providers
 
 PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# Adapter kinds the proxy knows; see proxy/providers/__init__.py.
+PROVIDER_KINDS = frozenset({"openai-compatible", "anthropic", "gemini", "azure-openai"})
 # Names served inside the proxy, which cannot be configured.
 BUILT_IN = frozenset({"sandbox"})
 
@@ -32,7 +34,13 @@ def upsert_provider(
     base_url: str,
     api_key_env: str | None = None,
     kind: str = "openai-compatible",
+    api_version: str | None = None,
+    connect_timeout: float | None = None,
+    read_timeout: float | None = None,
+    total_timeout: float | None = None,
+    max_retries: int | None = None,
 ) -> None:
+    """Add or replace a provider; timeouts are seconds, None keeps the proxy default."""
     if not PROVIDER_NAME.match(name) or name in BUILT_IN:
         raise InvalidRequestError(
             f"invalid provider name {name!r}: use lowercase letters, digits, - and _, "
@@ -40,20 +48,32 @@ def upsert_provider(
         )
     if not base_url.startswith(("http://", "https://")):
         raise InvalidRequestError(f"base URL must start with http:// or https://: {base_url!r}")
-    statement = insert(providers).values(
-        name=name, kind=kind, base_url=base_url.rstrip("/"), api_key_env=api_key_env
-    )
-    conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=[providers.c.name],
-            set_={
-                "kind": statement.excluded.kind,
-                "base_url": statement.excluded.base_url,
-                "api_key_env": statement.excluded.api_key_env,
-                "enabled": True,
-            },
+    if kind not in PROVIDER_KINDS:
+        raise InvalidRequestError(
+            f"unknown provider kind {kind!r}; use one of {', '.join(sorted(PROVIDER_KINDS))}"
         )
-    )
+    for label, value in (
+        ("connect_timeout", connect_timeout),
+        ("read_timeout", read_timeout),
+        ("total_timeout", total_timeout),
+    ):
+        if value is not None and not 0 < value <= 3600:
+            raise InvalidRequestError(f"{label} must be between 0 and 3600 seconds")
+    if max_retries is not None and not 0 <= max_retries <= 10:
+        raise InvalidRequestError("max_retries must be between 0 and 10")
+    values = {
+        "kind": kind,
+        "base_url": base_url.rstrip("/"),
+        "api_key_env": api_key_env,
+        "api_version": api_version,
+        "connect_timeout": connect_timeout,
+        "read_timeout": read_timeout,
+        "total_timeout": total_timeout,
+        "max_retries": max_retries,
+        "enabled": True,
+    }
+    statement = insert(providers).values(name=name, **values)
+    conn.execute(statement.on_conflict_do_update(index_elements=[providers.c.name], set_=values))
 
 
 def list_providers(conn: Connection) -> list[ProviderConfig]:

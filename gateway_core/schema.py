@@ -8,6 +8,7 @@ dollars and map to `Decimal`.
 from __future__ import annotations
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -105,7 +106,41 @@ providers = Table(
     # so the key itself never reaches the database.
     Column("api_key_env", String(128)),
     Column("enabled", Boolean, nullable=False, server_default="true"),
+    # Azure OpenAI's api-version query parameter; unused by other kinds.
+    Column("api_version", String(32)),
+    # Per-provider limits in seconds; NULL means the proxy's default.
+    Column("connect_timeout", Numeric(8, 3)),
+    Column("read_timeout", Numeric(8, 3)),
+    Column("total_timeout", Numeric(8, 3)),
+    Column("max_retries", Integer),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+model_routes = Table(
+    "model_routes",
+    metadata,
+    # A model id ("openai/gpt-4o") or an alias ("fast") that clients send.
+    Column("name", String(200), primary_key=True),
+    # For an alias, the model id it stands for; NULL for a plain model id.
+    Column("target", String(200)),
+    # Model ids tried in order when the target fails.
+    Column("fallbacks", ARRAY(String(200)), nullable=False, server_default="{}"),
+    Column("updated_by", String(100)),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+model_price_overrides = Table(
+    "model_price_overrides",
+    metadata,
+    Column("model_id", String(200), primary_key=True),
+    # USD per million tokens; NULL falls back as in the catalog.
+    Column("input", Money, nullable=False),
+    Column("cached_input", Money),
+    Column("cache_write", Money),
+    Column("output", Money),
+    Column("reasoning_output", Money),
+    Column("updated_by", String(100)),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
 usage_events = Table(

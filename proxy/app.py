@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway_core.config import Settings
-from gateway_core.errors import GatewayError, NotFoundError
+from gateway_core.errors import GatewayError, InvalidRequestError, NotFoundError
 from proxy import routes
 from proxy.gateway import Gateway
 from proxy.responses import JSONResponse, error_response
@@ -29,8 +29,7 @@ async def http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         error = NotFoundError(f"no route for {request.method} {request.url.path}")
     else:
-        error = GatewayError(str(exc.detail), status_code=exc.status_code)
-        error.error_type = "invalid_request_error"
+        error = InvalidRequestError(str(exc.detail), status_code=exc.status_code)
     return error_response(error, "")
 
 
@@ -48,6 +47,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return Starlette(
         routes=[
             Route("/v1/chat/completions", routes.chat_completions, methods=["POST"]),
+            Route("/v1/completions", routes.completions, methods=["POST"]),
+            Route("/v1/embeddings", routes.embeddings, methods=["POST"]),
+            Route("/v1/images/generations", routes.images_generations, methods=["POST"]),
+            Route("/v1/responses", routes.responses, methods=["POST"]),
             Route("/v1/models", routes.list_models, methods=["GET"]),
             Route("/v1/models/{model_id:path}", routes.retrieve_model, methods=["GET"]),
             Route("/health/live", health_live, methods=["GET"]),

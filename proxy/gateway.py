@@ -5,17 +5,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from psycopg_pool import AsyncConnectionPool
 
-from gateway_core.catalog import Catalog, load_catalog
+from gateway_core.catalog import Catalog, ModelEntry, load_catalog
 from gateway_core.config import Settings, libpq_url
 from gateway_core.pricing import TokenUsage, compute_cost
 from proxy.auth import KeyVerifier
+from proxy.context import CallContext
 from proxy.providers import ProviderRegistry, Route
 from proxy.recorder import UsageRecorder
+from proxy.routing import CircuitBreaker, RetryPolicy
 
 logger = logging.getLogger("gatewayz.proxy")
 
@@ -24,11 +27,13 @@ logger = logging.getLogger("gatewayz.proxy")
 class Gateway:
     settings: Settings
     pool: AsyncConnectionPool
-    client: httpx.AsyncClient
+    transport: httpx.AsyncBaseTransport
     verifier: KeyVerifier
     registry: ProviderRegistry
     recorder: UsageRecorder
     catalog: Catalog
+    breaker: CircuitBreaker
+    retry_policy: RetryPolicy
 
     @classmethod
     async def start(cls, settings: Settings) -> Gateway:
@@ -46,14 +51,14 @@ class Gateway:
         transport = AiohttpTransport(
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200)
         )
-        client = httpx.AsyncClient(transport=transport, timeout=timeout)
         catalog = load_catalog()
         verifier = KeyVerifier(pool, settings.secret, ttl=settings.key_cache_ttl)
         verifier.start_listener(conninfo)
         registry = ProviderRegistry(
-            pool, client, catalog, refresh_interval=settings.provider_refresh_interval
+            pool, transport, timeout, catalog, refresh_interval=settings.provider_refresh_interval
         )
         await registry.refresh()
+        registry.start()
         recorder = UsageRecorder(
             pool,
             batch_size=settings.recorder_batch_size,
@@ -62,18 +67,54 @@ class Gateway:
         )
         recorder.start()
         logger.info("proxy worker started with providers: %s", ", ".join(registry.configured()))
-        return cls(settings, pool, client, verifier, registry, recorder, catalog)
+        return cls(
+            settings,
+            pool,
+            transport,
+            verifier,
+            registry,
+            recorder,
+            catalog,
+            CircuitBreaker(settings.circuit_failures, settings.circuit_cooldown),
+            RetryPolicy(max_retries=settings.upstream_max_retries),
+        )
 
     async def stop(self) -> None:
         await self.verifier.stop_listener()
+        await self.registry.stop()
         await self.recorder.close()
-        await self.client.aclose()
+        await self.transport.aclose()
         await self.pool.close()
         logger.info("proxy worker stopped")
 
-    def cost(self, route: Route, usage: TokenUsage) -> Decimal:
-        if route.provider.synthetic or route.entry is None:
-            # NOTE: a model missing from the catalog is not priced (cost 0);
-            # add it to data/models.json to bill it.
+    def cost(self, route: Route, usage: TokenUsage, body: dict[str, Any] | None = None) -> Decimal:
+        prices = self.registry.cost_prices(route)
+        if prices is not None and route.entry is not None and not usage.total_tokens:
+            image_cost = per_image_cost(route.entry, body)
+            if image_cost is not None:
+                return image_cost
+        if prices is None:
+            # NOTE: a model with no catalog entry and no admin override is
+            # not priced (cost 0); add a price override to bill it.
             return Decimal(0)
-        return compute_cost(route.entry.prices, usage)
+        return compute_cost(prices, usage)
+
+    def finish_call(self, ctx: CallContext, route: Route, usage: TokenUsage) -> None:
+        """Price and record a streamed call once its stream has ended."""
+        ctx.usage = usage
+        ctx.cost = self.cost(route, usage)
+        self.recorder.record(ctx.usage_row())
+
+
+def per_image_cost(entry: ModelEntry, body: dict[str, Any] | None) -> Decimal | None:
+    """Price an image response that reports no tokens, from its per-image prices."""
+    if not entry.prices_per_image or not isinstance(body, dict):
+        return None
+    images = body.get("data")
+    count = len(images) if isinstance(images, list) else 0
+    quality = str(body.get("quality") or "medium")
+    size = str(body.get("size") or "1024x1024")
+    for label in (f"{quality}/{size}", size, quality, "standard"):
+        if label in entry.prices_per_image:
+            return entry.prices_per_image[label] * count
+    return None

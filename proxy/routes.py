@@ -1,9 +1,14 @@
-"""OpenAI-compatible endpoints: chat completions and the model list."""
+"""OpenAI-compatible endpoints and the model list.
+
+Every call endpoint runs the same steps (see `handle_call`): authenticate,
+read and validate the body, resolve the model and its fallbacks, dispatch
+with retries, relay the answer, and record exactly one usage row.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -21,12 +26,17 @@ from proxy.auth import bearer_token
 from proxy.context import CallContext, KeyIdentity
 from proxy.gateway import Gateway
 from proxy.providers import Route
-from proxy.providers.base import EventStream, UpstreamRequest
+from proxy.providers.base import EventStream, UpstreamRequest, UpstreamResponse
 from proxy.providers.sandbox import SANDBOX_MODELS
 from proxy.responses import EventStreamResponse, JSONResponse, error_response
-from proxy.tokens import estimate_tokens, prompt_characters
+from proxy.routing import dispatch
+from proxy.streaming import UsageTracker, relay
 
 logger = logging.getLogger("gatewayz.proxy")
+
+COST_HEADER = "x-gatewayz-cost-usd"
+# Client headers passed on to providers that understand them.
+FORWARDED_HEADERS = ("anthropic-beta", "anthropic-version", "openai-beta")
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -59,67 +69,148 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
     return payload
 
 
-def validate_chat(body: dict[str, Any]) -> str:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequestError("missing required field 'model'", param="model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequestError(
-            "'messages' must be a non-empty array of message objects", param="messages"
-        )
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise InvalidRequestError(
-                f"messages[{index}] must be an object with a 'role'", param=f"messages[{index}]"
-            )
+def require(body: dict[str, Any], field: str, check: Callable[[Any], bool], what: str) -> None:
+    if field not in body:
+        raise InvalidRequestError(f"missing required field '{field}'", param=field)
+    if not check(body[field]):
+        raise InvalidRequestError(f"'{field}' must be {what}", param=field)
+
+
+def validate_common(body: dict[str, Any]) -> None:
+    require(body, "model", lambda v: isinstance(v, str) and bool(v), "a model id string")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequestError("'stream' must be true or false", param="stream")
-    return model
+    models = body.get("models")
+    if models is not None and not (
+        isinstance(models, list) and all(isinstance(m, str) and m for m in models)
+    ):
+        raise InvalidRequestError("'models' must be an array of model ids", param="models")
 
 
-async def chat_completions(request: Request) -> Response:
+def validate_chat(body: dict[str, Any]) -> None:
+    def messages_ok(value: Any) -> bool:
+        return (
+            isinstance(value, list)
+            and bool(value)
+            and all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in value)
+        )
+
+    require(body, "messages", messages_ok, "a non-empty array of objects with a 'role'")
+
+
+def validate_completions(body: dict[str, Any]) -> None:
+    require(body, "prompt", lambda v: isinstance(v, (str, list)), "a string or an array")
+
+
+def validate_embeddings(body: dict[str, Any]) -> None:
+    require(body, "input", lambda v: isinstance(v, (str, list)) and bool(v), "a string or array")
+    if body.get("stream"):
+        raise InvalidRequestError("embeddings cannot be streamed", param="stream")
+
+
+def validate_images(body: dict[str, Any]) -> None:
+    require(body, "prompt", lambda v: isinstance(v, str) and bool(v), "a non-empty string")
+    if body.get("stream"):
+        raise InvalidRequestError("image generation cannot be streamed here", param="stream")
+
+
+def validate_responses(body: dict[str, Any]) -> None:
+    require(body, "input", lambda v: isinstance(v, (str, list)), "a string or an array")
+
+
+VALIDATORS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "chat": validate_chat,
+    "completions": validate_completions,
+    "embeddings": validate_embeddings,
+    "images": validate_images,
+    "responses": validate_responses,
+}
+
+
+def usage_of(endpoint: str, body: dict[str, Any]) -> TokenUsage:
+    return parse_openai_usage(body.get("usage"))
+
+
+def openai_error_event(error: GatewayError) -> bytes:
+    return b"data: " + orjson.dumps(error.to_body()) + b"\n\n"
+
+
+async def handle_call(request: Request, endpoint: str) -> Response:
     gateway = gateway_of(request)
-    ctx = CallContext(endpoint="chat.completions")
+    ctx = CallContext(endpoint=endpoint)
     streaming = False
     try:
         ctx.identity = await authenticate(request, gateway)
         body = await read_json_object(request, gateway.settings.max_body_bytes)
-        ctx.model = validate_chat(body)
+        validate_common(body)
+        VALIDATORS[endpoint](body)
+        ctx.model = body["model"]
         ctx.stream = body.get("stream", False)
-        route = await gateway.registry.resolve(ctx.model, ctx.identity)
-        ctx.provider = route.provider.name
+        routes = await gateway.registry.resolve_all(body["model"], ctx.identity, body.get("models"))
         await gateway.recorder.wait_for_capacity()
-        upstream = UpstreamRequest(ctx.request_id, route.upstream_model, body)
-        ctx.attempts = 1
-        if ctx.stream:
-            stream = await route.provider.open_chat_stream(upstream)
+        headers = {k: v for k, v in request.headers.items() if k in FORWARDED_HEADERS}
+        upstream = UpstreamRequest(ctx.request_id, "", body, headers)
+        route, result = await dispatch(
+            ctx,
+            routes,
+            endpoint,
+            upstream,
+            stream=ctx.stream,
+            breaker=gateway.breaker,
+            policy=gateway.retry_policy,
+        )
+        if isinstance(result, EventStream):
             streaming = True
-            return EventStreamResponse(
-                relay_stream(gateway, ctx, route, stream, body),
-                headers=response_headers(ctx, route),
+            source = relay(
+                ctx,
+                route,
+                result,
+                UsageTracker(endpoint, body),
+                gateway.finish_call,
+                openai_error_event,
             )
-        result = await route.provider.chat(upstream)
-        ctx.usage = parse_openai_usage(result.body.get("usage"))
-        ctx.cost = gateway.cost(route, ctx.usage)
-        ctx.mark_first_token()
-        ctx.finish(result.status_code)
-        headers = response_headers(ctx, route)
-        headers["x-gatewayz-cost-usd"] = format_usd(ctx.cost)
-        return JSONResponse(result.body, status_code=result.status_code, headers=headers)
+            return EventStreamResponse(source, headers=response_headers(ctx, route))
+        return complete(gateway, ctx, route, result, usage_of(endpoint, result.body))
     except GatewayError as error:
-        ctx.finish(error.status_code, error.error_type)
-        log_failure(ctx, error)
-        return error_response(error, ctx.request_id)
+        return failed(gateway, ctx, error)
     except Exception:
-        ctx.finish(500, "server_error")
         logger.exception("request %s failed with an internal error", ctx.request_id)
-        error = GatewayError("internal error in the gateway; the request id identifies it")
-        return error_response(error, ctx.request_id)
+        return failed(gateway, ctx, GatewayError("internal error in the gateway"))
     finally:
         if not streaming:
             gateway.recorder.record(ctx.usage_row())
+
+
+def complete(
+    gateway: Gateway,
+    ctx: CallContext,
+    route: Route,
+    result: UpstreamResponse,
+    usage: TokenUsage,
+) -> Response:
+    ctx.usage = usage
+    ctx.cost = gateway.cost(route, usage, result.body)
+    ctx.mark_first_token()
+    ctx.finish(result.status_code)
+    headers = response_headers(ctx, route)
+    headers[COST_HEADER] = format_usd(ctx.cost)
+    return JSONResponse(result.body, status_code=result.status_code, headers=headers)
+
+
+def failed(gateway: Gateway, ctx: CallContext, error: GatewayError) -> Response:
+    ctx.finish(error.status_code, error.error_type)
+    key_id = ctx.identity.key_id if ctx.identity else None
+    logger.info(
+        "request %s key %s model %s failed after %d attempts: %d %s",
+        ctx.request_id,
+        key_id,
+        ctx.model,
+        ctx.attempts,
+        error.status_code,
+        error.code or error.error_type,
+    )
+    return error_response(error, ctx.request_id)
 
 
 def response_headers(ctx: CallContext, route: Route) -> dict[str, str]:
@@ -129,102 +220,24 @@ def response_headers(ctx: CallContext, route: Route) -> dict[str, str]:
     return headers
 
 
-def log_failure(ctx: CallContext, error: GatewayError) -> None:
-    key_id = ctx.identity.key_id if ctx.identity else None
-    logger.info(
-        "request %s key %s model %s failed: %d %s",
-        ctx.request_id,
-        key_id,
-        ctx.model,
-        error.status_code,
-        error.code or error.error_type,
-    )
+async def chat_completions(request: Request) -> Response:
+    return await handle_call(request, "chat")
 
 
-async def relay_stream(
-    gateway: Gateway,
-    ctx: CallContext,
-    route: Route,
-    stream: EventStream,
-    body: dict[str, Any],
-) -> AsyncIterator[bytes]:
-    """Forward upstream events, capture usage, and record the call once."""
-    options = body.get("stream_options")
-    client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-    completion_characters = 0
-    usage_seen = False
-    finished = False
-    events = aiter(stream)
-    try:
-        async for event in events:
-            if event.data is None or event.data == b"[DONE]":
-                yield event.raw
-                continue
-            try:
-                chunk = orjson.loads(event.data)
-            except orjson.JSONDecodeError:
-                yield event.raw
-                continue
-            if not isinstance(chunk, dict):
-                yield event.raw
-                continue
-            usage = chunk.get("usage")
-            if usage:
-                ctx.usage = parse_openai_usage(usage)
-                usage_seen = True
-            choices = chunk.get("choices")
-            if usage and not choices and not client_wants_usage:
-                continue
-            if choices:
-                completion_characters += delta_characters(choices)
-                if completion_characters:
-                    ctx.mark_first_token()
-            yield event.raw
-        finished = True
-        ctx.finish(200)
-    except GatewayError as error:
-        ctx.partial = True
-        ctx.finish(error.status_code, error.error_type)
-        log_failure(ctx, error)
-        yield b"data: " + orjson.dumps(error.to_body()) + b"\n\n"
-    finally:
-        if ctx.finished_at is None:
-            # The client went away before the stream ended.
-            ctx.partial = True
-            ctx.finish(499, "client_disconnected")
-        if not usage_seen:
-            ctx.usage = estimated_usage(body, completion_characters)
-        try:
-            await events.aclose()
-        finally:
-            await stream.aclose()
-            ctx.cost = gateway.cost(route, ctx.usage)
-            gateway.recorder.record(ctx.usage_row())
-            if not finished:
-                logger.info("request %s stream ended early; recorded as partial", ctx.request_id)
+async def completions(request: Request) -> Response:
+    return await handle_call(request, "completions")
 
 
-def delta_characters(choices: list[Any]) -> int:
-    total = 0
-    for choice in choices:
-        delta = choice.get("delta") if isinstance(choice, dict) else None
-        if not isinstance(delta, dict):
-            continue
-        content = delta.get("content")
-        if isinstance(content, str):
-            total += len(content)
-        for call in delta.get("tool_calls") or ():
-            function = call.get("function") if isinstance(call, dict) else None
-            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
-                total += len(function["arguments"])
-    return total
+async def embeddings(request: Request) -> Response:
+    return await handle_call(request, "embeddings")
 
 
-def estimated_usage(body: dict[str, Any], completion_characters: int) -> TokenUsage:
-    return TokenUsage(
-        prompt_tokens=estimate_tokens(prompt_characters(body.get("messages"))),
-        completion_tokens=estimate_tokens(completion_characters),
-    )
+async def images_generations(request: Request) -> Response:
+    return await handle_call(request, "images")
+
+
+async def responses(request: Request) -> Response:
+    return await handle_call(request, "responses")
 
 
 def model_object(model_id: str, owned_by: str) -> dict[str, Any]:
@@ -232,6 +245,7 @@ def model_object(model_id: str, owned_by: str) -> dict[str, Any]:
 
 
 def visible_models(gateway: Gateway, identity: KeyIdentity) -> list[dict[str, Any]]:
+    """Models this key can call: sandbox, configured providers' models and aliases."""
     models = [model_object(f"sandbox/{name}", "sandbox") for name in SANDBOX_MODELS]
     configured = gateway.registry.configured()
     for entry in gateway.catalog.all():
@@ -239,6 +253,8 @@ def visible_models(gateway: Gateway, identity: KeyIdentity) -> list[dict[str, An
             continue
         if identity.is_test or entry.provider in configured:
             models.append(model_object(entry.id, entry.provider))
+    for alias, target in sorted(gateway.registry.aliases().items()):
+        models.append(model_object(alias, target.partition("/")[0]))
     return models
 
 

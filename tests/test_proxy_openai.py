@@ -11,13 +11,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, text
 
 from gateway_core import directory, keys, providers
-from gateway_core.schema import usage_events
 from tests.conftest import TEST_SECRET
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.processes import ProxyProcess
+from tests.support.proxy_client import CHAT, post_json, usage_row
 
 PROVIDER_KEY = "sk-fake-provider-secret-0123456789"
 
@@ -39,6 +39,8 @@ def proxy(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         GATEWAYZ_SECRET=TEST_SECRET,
         GATEWAYZ_PROVIDER_REFRESH_INTERVAL="0",
         GATEWAYZ_UPSTREAM_READ_TIMEOUT="1",
+        GATEWAYZ_UPSTREAM_MAX_RETRIES="0",
+        GATEWAYZ_CIRCUIT_FAILURES="1000",
         GATEWAYZ_MAX_BODY_BYTES=str(64 * 1024),
         FAKE_PROVIDER_KEY=PROVIDER_KEY,
     )
@@ -60,26 +62,6 @@ def live_key(engine: Engine, fake_upstream: FakeOpenAI) -> keys.IssuedKey:
 @pytest.fixture
 def client(proxy: ProxyProcess, live_key: keys.IssuedKey) -> openai.OpenAI:
     return openai.OpenAI(base_url=proxy.base_url + "/v1", api_key=live_key.secret, max_retries=0)
-
-
-def usage_row(engine: Engine, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
-    """Wait for the recorder to write the call's row and return it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                select(usage_events).where(usage_events.c.request_id == request_id)
-            ).all()
-        if rows:
-            assert len(rows) == 1
-            return dict(rows[0]._mapping)
-        time.sleep(0.02)
-    raise AssertionError(f"no usage row for {request_id}")
-
-
-def usage_count(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return conn.execute(text("SELECT count(*) FROM usage_events")).scalar_one()
 
 
 def test_sandbox_chat_non_streaming(client: openai.OpenAI, engine: Engine, live_key) -> None:
@@ -175,22 +157,8 @@ def test_upstream_streaming_keeps_requested_usage(client: openai.OpenAI, engine:
     assert usages[0].completion_tokens == 3
 
 
-def post_chat(proxy: ProxyProcess, body: Any, key: str | None, **kwargs: Any) -> httpx.Response:
-    headers = {"authorization": f"Bearer {key}"} if key else {}
-    if isinstance(body, (bytes, str)):
-        return httpx.post(
-            proxy.base_url + "/v1/chat/completions",
-            content=body,
-            headers={**headers, "content-type": "application/json"},
-            timeout=30,
-            **kwargs,
-        )
-    return httpx.post(
-        proxy.base_url + "/v1/chat/completions", json=body, headers=headers, timeout=30
-    )
-
-
-CHAT = {"model": "sandbox/echo", "messages": [{"role": "user", "content": "hi"}]}
+def post_chat(proxy: ProxyProcess, body: Any, key: str | None) -> httpx.Response:
+    return post_json(proxy.base_url, "/v1/chat/completions", body, key)
 
 
 @pytest.mark.parametrize(

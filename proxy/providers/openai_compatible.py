@@ -11,11 +11,18 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
 
 from gateway_core.errors import GatewayError, UpstreamError, UpstreamTimeoutError
-from proxy.providers.base import EventStream, Provider, UpstreamRequest, UpstreamResponse
+from proxy.providers.base import (
+    ENDPOINT_PATHS,
+    EventStream,
+    Provider,
+    UpstreamRequest,
+    UpstreamResponse,
+)
 from proxy.sse import ServerSentEvent, SSEParser
 
 logger = logging.getLogger("gatewayz.providers")
@@ -26,6 +33,8 @@ _CLIENT_STATUSES = frozenset({400, 404, 409, 413, 422, 429})
 
 
 class OpenAICompatibleProvider(Provider):
+    endpoints = frozenset({"chat", "completions", "embeddings", "images", "responses"})
+
     def __init__(
         self,
         name: str,
@@ -34,36 +43,42 @@ class OpenAICompatibleProvider(Provider):
         client: httpx.AsyncClient,
     ) -> None:
         self.name = name
-        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._base_url = base_url.rstrip("/")
         self._client = client
         self._headers = {"content-type": "application/json"}
         if api_key:
             self._headers["authorization"] = f"Bearer {api_key}"
 
-    def _payload(self, request: UpstreamRequest, stream: bool) -> bytes:
+    def _url(self, endpoint: str) -> str:
+        if not self.supports(endpoint):
+            raise self.unsupported(endpoint)
+        return self._base_url + ENDPOINT_PATHS[endpoint]
+
+    def _payload(self, endpoint: str, request: UpstreamRequest, stream: bool) -> bytes:
         body = dict(request.body)
         body["model"] = request.upstream_model
         body.pop("models", None)
         if stream:
             body["stream"] = True
-            options = dict(body.get("stream_options") or {})
-            options["include_usage"] = True
-            body["stream_options"] = options
+            if endpoint in ("chat", "completions"):
+                # Ask for the usage chunk so every stream can be priced.
+                options = dict(body.get("stream_options") or {})
+                options["include_usage"] = True
+                body["stream_options"] = options
         return orjson.dumps(body)
 
-    async def chat(self, request: UpstreamRequest) -> UpstreamResponse:
+    async def send(self, endpoint: str, request: UpstreamRequest) -> UpstreamResponse:
+        url = self._url(endpoint)
         try:
             response = await self._client.post(
-                self._url,
-                content=self._payload(request, stream=False),
+                url,
+                content=self._payload(endpoint, request, stream=False),
                 headers=self._headers,
             )
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeoutError(f"provider {self.name!r} timed out") from exc
         except httpx.TransportError as exc:
-            raise UpstreamError(f"provider {self.name!r} could not be reached: {exc}") from exc
+            raise transport_error(self.name, exc) from exc
         if response.status_code >= 400:
-            raise upstream_error(self.name, response.status_code, response.content)
+            raise upstream_error(self.name, response, response.content)
         try:
             body = orjson.loads(response.content)
         except orjson.JSONDecodeError as exc:
@@ -72,25 +87,23 @@ class OpenAICompatibleProvider(Provider):
             raise UpstreamError(f"provider {self.name!r} returned a non-object JSON body")
         return UpstreamResponse(response.status_code, body)
 
-    async def open_chat_stream(self, request: UpstreamRequest) -> EventStream:
+    async def open_stream(self, endpoint: str, request: UpstreamRequest) -> EventStream:
         http_request = self._client.build_request(
             "POST",
-            self._url,
-            content=self._payload(request, stream=True),
+            self._url(endpoint),
+            content=self._payload(endpoint, request, stream=True),
             headers=self._headers,
         )
         try:
             response = await self._client.send(http_request, stream=True)
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeoutError(f"provider {self.name!r} timed out") from exc
         except httpx.TransportError as exc:
-            raise UpstreamError(f"provider {self.name!r} could not be reached: {exc}") from exc
+            raise transport_error(self.name, exc) from exc
         if response.status_code >= 400:
             try:
                 content = await response.aread()
             finally:
                 await response.aclose()
-            raise upstream_error(self.name, response.status_code, content)
+            raise upstream_error(self.name, response, content)
         return _HTTPEventStream(self.name, response)
 
 
@@ -105,10 +118,8 @@ class _HTTPEventStream(EventStream):
             async for chunk in self._response.aiter_raw():
                 for event in parser.feed(chunk):
                     yield event
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeoutError(f"provider {self._provider!r} stream timed out") from exc
         except httpx.TransportError as exc:
-            raise UpstreamError(f"provider {self._provider!r} stream failed: {exc}") from exc
+            raise transport_error(self._provider, exc) from exc
         last = parser.flush()
         if last is not None:
             yield last
@@ -117,8 +128,32 @@ class _HTTPEventStream(EventStream):
         await self._response.aclose()
 
 
-def upstream_error(provider: str, status: int, content: bytes) -> GatewayError:
+def transport_error(provider: str, exc: httpx.TransportError) -> GatewayError:
+    """Map a network failure to 504 (timed out) or 502 (could not connect or read)."""
+    # httpx-aiohttp 0.2.0 maps aiohttp's ClientConnectorError (connection
+    # refused) to httpx.ConnectTimeout, so the aiohttp cause is checked to tell them apart.
+    refused = isinstance(exc.__cause__, aiohttp.ClientConnectorError) and not isinstance(
+        exc.__cause__, aiohttp.ServerTimeoutError
+    )
+    if isinstance(exc, httpx.TimeoutException) and not refused:
+        return UpstreamTimeoutError(f"provider {provider!r} timed out", code="upstream_timeout")
+    return UpstreamError(f"provider {provider!r} could not be reached: {exc}")
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Read a Retry-After header given in seconds; HTTP dates are ignored."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds < 86_400 else None
+
+
+def upstream_error(provider: str, response: httpx.Response, content: bytes) -> GatewayError:
     """Turn an upstream error response into the error the client receives."""
+    status = response.status_code
     message = f"provider {provider!r} returned HTTP {status}"
     code: str | None = None
     try:
@@ -132,10 +167,17 @@ def upstream_error(provider: str, status: int, content: bytes) -> GatewayError:
         code = detail.get("code") if isinstance(detail.get("code"), str) else None
     elif isinstance(payload, dict) and isinstance(payload.get("error"), str):
         message = f"{message}: {payload['error']}"
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    headers = {"retry-after": response.headers["retry-after"]} if retry_after is not None else {}
     if status in _CLIENT_STATUSES:
-        error = UpstreamError(message, code=code or "upstream_error", status_code=status)
-        error.error_type = "rate_limit_error" if status == 429 else "invalid_request_error"
-        return error
+        return UpstreamError(
+            message,
+            code=code or "upstream_error",
+            status_code=status,
+            retry_after=retry_after,
+            headers=headers,
+            error_type="rate_limit_error" if status == 429 else "invalid_request_error",
+        )
     if status in (408, 504):
-        return UpstreamTimeoutError(message, code="upstream_timeout")
-    return UpstreamError(message, code="upstream_error")
+        return UpstreamTimeoutError(message, code="upstream_timeout", retry_after=retry_after)
+    return UpstreamError(message, code="upstream_error", retry_after=retry_after)

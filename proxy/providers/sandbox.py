@@ -92,7 +92,9 @@ class SandboxProvider(Provider):
             "total_tokens": prompt + len(words),
         }
 
-    async def chat(self, request: UpstreamRequest) -> UpstreamResponse:
+    async def send(self, endpoint: str, request: UpstreamRequest) -> UpstreamResponse:
+        if endpoint != "chat":
+            raise self.unsupported(endpoint)
         words = answer_words(request.upstream_model, request.body)
         limit = request.body.get("max_completion_tokens") or request.body.get("max_tokens")
         finish = "length" if isinstance(limit, int) and len(words) >= limit else "stop"
@@ -114,7 +116,9 @@ class SandboxProvider(Provider):
         }
         return UpstreamResponse(200, body)
 
-    async def open_chat_stream(self, request: UpstreamRequest) -> EventStream:
+    async def open_stream(self, endpoint: str, request: UpstreamRequest) -> EventStream:
+        if endpoint != "chat":
+            raise self.unsupported(endpoint)
         return _SandboxStream(self, request)
 
 

@@ -5,7 +5,12 @@ The requested model selects the behaviour:
 - `fail-500`, `fail-400`, `fail-429`: that status with an OpenAI error body,
 - `bad-json`: status 200 with a body that is not JSON,
 - `hang`: waits `hang_seconds` before answering,
-- `slow-stream`: streams one chunk every 50 ms for `slow_chunks` chunks.
+- `slow-stream`: streams one chunk every 50 ms for `slow_chunks` chunks,
+- `flaky-N`: fails with 500 on the first N calls for that model, then answers,
+- `limited-S`: answers 429 with `Retry-After: S` once, then answers,
+- `usage-cached`: reports 1,000 prompt tokens of which 400 cached, and
+  200 completion tokens of which 50 reasoning.
+A request with `tools` is answered with a call to the first tool.
 Every request body it receives is kept in `requests` for assertions.
 """
 
@@ -40,7 +45,16 @@ class FakeOpenAI:
         self.streams_closed_early = 0
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
-        app = Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
+        self.calls: dict[str, int] = {}
+        app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                Route("/v1/completions", self.completions, methods=["POST"]),
+                Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+                Route("/v1/images/generations", self.images, methods=["POST"]),
+                Route("/v1/responses", self.responses, methods=["POST"]),
+            ]
+        )
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
@@ -58,11 +72,112 @@ class FakeOpenAI:
         self._server.should_exit = True
         self._thread.join(timeout=10)
 
-    async def chat(self, request: Request) -> Response:
+    async def _receive(self, request: Request) -> dict[str, Any]:
         body = await request.json()
         self.requests.append(body)
         self.headers.append(dict(request.headers))
+        self.calls[body["model"]] = self.calls.get(body["model"], 0) + 1
+        return body
+
+    def _scripted_failure(self, model: str) -> Response | None:
+        calls = self.calls[model]
+        if model.startswith("flaky-") and calls <= int(model.removeprefix("flaky-")):
+            error = {"message": f"flaky failure {calls}", "type": "x", "code": "fake"}
+            return JSONResponse({"error": error}, status_code=500)
+        if model.startswith("limited-") and calls == 1:
+            error = {"message": "slow down", "type": "rate_limit", "code": "fake"}
+            headers = {"retry-after": model.removeprefix("limited-")}
+            return JSONResponse({"error": error}, status_code=429, headers=headers)
+        return None
+
+    async def completions(self, request: Request) -> Response:
+        body = await self._receive(request)
+        usage = {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
+        choice = {"index": 0, "text": "fake text", "finish_reason": "stop"}
+        return JSONResponse(
+            {
+                "id": "cmpl-fake",
+                "object": "text_completion",
+                "created": 1,
+                "model": body["model"],
+                "choices": [choice],
+                "usage": usage,
+            }
+        )
+
+    async def embeddings(self, request: Request) -> Response:
+        body = await self._receive(request)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [
+            {"object": "embedding", "index": i, "embedding": [0.5, -0.25, float(i)]}
+            for i in range(len(inputs))
+        ]
+        usage = {"prompt_tokens": 3 * len(inputs), "total_tokens": 3 * len(inputs)}
+        return JSONResponse(
+            {"object": "list", "data": data, "model": body["model"], "usage": usage}
+        )
+
+    async def images(self, request: Request) -> Response:
+        body = await self._receive(request)
+        data = [{"b64_json": "aW1hZ2U="} for _ in range(body.get("n", 1))]
+        return JSONResponse({"created": 1, "data": data})
+
+    async def responses(self, request: Request) -> Response:
+        body = await self._receive(request)
+        usage = {
+            "input_tokens": 7,
+            "output_tokens": 3,
+            "total_tokens": 10,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        }
+        output = [
+            {
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "fake response"}],
+            }
+        ]
+        response = {
+            "id": "resp_fake",
+            "object": "response",
+            "status": "completed",
+            "model": body["model"],
+            "output": output,
+            "usage": usage,
+        }
+        if not body.get("stream"):
+            return JSONResponse(response)
+
+        async def events():
+            yield (
+                b"event: response.created\ndata: "
+                + json.dumps(
+                    {"type": "response.created", "response": {**response, "usage": None}}
+                ).encode()
+                + b"\n\n"
+            )
+            yield (
+                b"event: response.output_text.delta\ndata: "
+                + json.dumps(
+                    {"type": "response.output_text.delta", "delta": "fake response"}
+                ).encode()
+                + b"\n\n"
+            )
+            yield (
+                b"event: response.completed\ndata: "
+                + json.dumps({"type": "response.completed", "response": response}).encode()
+                + b"\n\n"
+            )
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def chat(self, request: Request) -> Response:
+        body = await self._receive(request)
         model = body["model"]
+        scripted = self._scripted_failure(model)
+        if scripted is not None:
+            return scripted
         if model.startswith("fail-"):
             status = int(model.removeprefix("fail-"))
             error = {"message": f"fake upstream failure {status}", "type": "x", "code": "fake"}
@@ -80,6 +195,25 @@ class FakeOpenAI:
             "prompt_tokens_details": {"cached_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": 0},
         }
+        if model == "usage-cached":
+            usage = {
+                "prompt_tokens": 1000,
+                "completion_tokens": 200,
+                "total_tokens": 1200,
+                "prompt_tokens_details": {"cached_tokens": 400},
+                "completion_tokens_details": {"reasoning_tokens": 50},
+            }
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        finish_reason = "stop"
+        if body.get("tools"):
+            name = body["tools"][0]["function"]["name"]
+            call = {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": name, "arguments": '{"city": "Paris"}'},
+            }
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+            finish_reason = "tool_calls"
         if not body.get("stream"):
             return JSONResponse(
                 {
@@ -90,8 +224,8 @@ class FakeOpenAI:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": text},
-                            "finish_reason": "stop",
+                            "message": message,
+                            "finish_reason": finish_reason,
                         }
                     ],
                     "usage": usage,

@@ -1,0 +1,161 @@
+"""Relaying upstream event streams to the client while capturing usage.
+
+Each relay forwards events as received (byte for byte, except the usage
+chunk the proxy asked for on the client's behalf), records the time to the
+first token, and in its `finally` block closes the upstream and records the
+call exactly once: completed, failed mid-stream, or cut short by the client
+(then marked partial, with the tokens produced so far estimated if the
+provider never reported usage).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+
+from gateway_core.errors import GatewayError
+from gateway_core.pricing import TokenUsage, parse_anthropic_usage, parse_openai_usage
+from proxy.context import CallContext
+from proxy.providers import Route
+from proxy.providers.base import EventStream
+from proxy.tokens import estimate_tokens, prompt_characters
+
+logger = logging.getLogger("gatewayz.proxy")
+
+
+class UsageTracker:
+    """Reads usage and produced text out of one endpoint's stream events."""
+
+    def __init__(self, endpoint: str, body: dict[str, Any]) -> None:
+        self.endpoint = endpoint
+        self.body = body
+        self.usage: TokenUsage | None = None
+        self.characters = 0
+        options = body.get("stream_options")
+        self.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+        # Anthropic reports input tokens in message_start, output in message_delta.
+        self._anthropic_usage: dict[str, Any] = {}
+
+    def observe(self, event: dict[str, Any]) -> bool:
+        """Update from one decoded event; return False to drop it from the client's stream."""
+        if self.endpoint == "messages":
+            return self._observe_anthropic(event)
+        if self.endpoint == "responses":
+            return self._observe_responses(event)
+        usage = event.get("usage")
+        choices = event.get("choices")
+        if usage:
+            self.usage = parse_openai_usage(usage)
+            if not choices and not self.client_wants_usage:
+                return False
+        if choices:
+            self.characters += produced_characters(choices)
+        return True
+
+    def _observe_anthropic(self, event: dict[str, Any]) -> bool:
+        kind = event.get("type")
+        if kind == "message_start":
+            message = event.get("message") or {}
+            self._anthropic_usage.update(message.get("usage") or {})
+        elif kind == "message_delta":
+            self._anthropic_usage.update(event.get("usage") or {})
+            self.usage = parse_anthropic_usage(self._anthropic_usage)
+        elif kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            for field in ("text", "partial_json", "thinking"):
+                if isinstance(delta.get(field), str):
+                    self.characters += len(delta[field])
+        return True
+
+    def _observe_responses(self, event: dict[str, Any]) -> bool:
+        kind = event.get("type")
+        if kind == "response.output_text.delta" and isinstance(event.get("delta"), str):
+            self.characters += len(event["delta"])
+        elif kind in ("response.completed", "response.incomplete", "response.failed"):
+            response = event.get("response") or {}
+            if response.get("usage"):
+                self.usage = parse_openai_usage(response["usage"])
+        return True
+
+    def final_usage(self) -> TokenUsage:
+        if self.usage is not None:
+            return self.usage
+        messages = self.body.get("messages")
+        if messages is None:
+            messages = [{"content": self.body.get("input") or self.body.get("prompt")}]
+        return TokenUsage(
+            prompt_tokens=estimate_tokens(prompt_characters(messages)),
+            completion_tokens=estimate_tokens(self.characters),
+        )
+
+
+def produced_characters(choices: list[Any]) -> int:
+    total = 0
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        if isinstance(choice.get("text"), str):
+            total += len(choice["text"])
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            continue
+        if isinstance(delta.get("content"), str):
+            total += len(delta["content"])
+        for call in delta.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                total += len(function["arguments"])
+    return total
+
+
+async def relay(
+    ctx: CallContext,
+    route: Route,
+    stream: EventStream,
+    tracker: UsageTracker,
+    finish: Callable[[CallContext, Route, TokenUsage], None],
+    error_event: Callable[[GatewayError], bytes],
+) -> AsyncIterator[bytes]:
+    """Forward `stream` to the client; call `finish` once when it ends in any way."""
+    events = aiter(stream)
+    try:
+        async for event in events:
+            data = event.data
+            if data is None or data == b"[DONE]":
+                yield event.raw
+                continue
+            try:
+                decoded = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                yield event.raw
+                continue
+            if isinstance(decoded, dict) and not tracker.observe(decoded):
+                continue
+            if tracker.characters:
+                ctx.mark_first_token()
+            yield event.raw
+        ctx.finish(200)
+    except GatewayError as error:
+        ctx.partial = True
+        ctx.finish(error.status_code, error.error_type)
+        logger.info(
+            "request %s stream failed mid-way: %d %s",
+            ctx.request_id,
+            error.status_code,
+            error.code or error.error_type,
+        )
+        yield error_event(error)
+    finally:
+        if ctx.finished_at is None:
+            # The client went away before the stream ended.
+            ctx.partial = True
+            ctx.finish(499, "client_disconnected")
+            logger.info("request %s: client disconnected mid-stream", ctx.request_id)
+        try:
+            await events.aclose()  # type: ignore[attr-defined]
+        finally:
+            await stream.aclose()
+            finish(ctx, route, tracker.final_usage())
