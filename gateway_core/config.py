@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +41,9 @@ class Settings:
     # Seconds before an unknown provider name triggers a reload of the
     # providers table, so providers added at run time are picked up.
     provider_refresh_interval: float = 2.0
+    # Largest chunk of a budget or credit balance, in USD, that one proxy
+    # worker leases from Postgres at a time.
+    lease_chunk_usd: Decimal = Decimal(5)
     recorder_batch_size: int = 500
     recorder_flush_interval: float = 0.05
     recorder_queue_size: int = 10_000
@@ -71,6 +75,7 @@ class Settings:
             upstream_connect_timeout=float(env.get("GATEWAYZ_UPSTREAM_CONNECT_TIMEOUT", "5")),
             upstream_read_timeout=float(env.get("GATEWAYZ_UPSTREAM_READ_TIMEOUT", "120")),
             upstream_max_retries=int(env.get("GATEWAYZ_UPSTREAM_MAX_RETRIES", "2")),
+            lease_chunk_usd=Decimal(env.get("GATEWAYZ_LEASE_CHUNK_USD", "5")),
             circuit_failures=int(env.get("GATEWAYZ_CIRCUIT_FAILURES", "5")),
             circuit_cooldown=float(env.get("GATEWAYZ_CIRCUIT_COOLDOWN", "30")),
             provider_refresh_interval=float(env.get("GATEWAYZ_PROVIDER_REFRESH_INTERVAL", "2")),

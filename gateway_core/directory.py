@@ -9,7 +9,7 @@ import bcrypt
 from sqlalchemy import Connection, func, insert, select
 
 from gateway_core.errors import InvalidRequestError, NotFoundError
-from gateway_core.schema import organizations, teams, users
+from gateway_core.schema import organizations, projects, teams, users
 
 DEFAULT_ORGANIZATION = "Default"
 ROLES = ("owner", "admin", "team_admin", "researcher", "viewer", "billing")
@@ -75,6 +75,49 @@ def get_team(conn: Connection, name: str, organization: str = DEFAULT_ORGANIZATI
             "create it with `python -m gateway_core teams create NAME`"
         )
     return Team(*row)
+
+
+@dataclass(frozen=True)
+class Project:
+    id: int
+    team_id: int
+    name: str
+
+
+def create_project(
+    conn: Connection,
+    team_id: int,
+    name: str,
+    *,
+    principal_investigator: str | None = None,
+    cost_centre: str | None = None,
+) -> Project:
+    name = name.strip()
+    if not name:
+        raise InvalidRequestError("project name must not be empty", param="name")
+    duplicate = conn.execute(
+        select(projects.c.id).where(projects.c.team_id == team_id, projects.c.name == name)
+    ).first()
+    if duplicate is not None:
+        raise InvalidRequestError(f"project {name!r} already exists in team {team_id}")
+    project_id = conn.execute(
+        insert(projects)
+        .values(
+            team_id=team_id,
+            name=name,
+            principal_investigator=principal_investigator,
+            cost_centre=cost_centre,
+        )
+        .returning(projects.c.id)
+    ).scalar_one()
+    return Project(project_id, team_id, name)
+
+
+def list_projects(conn: Connection, team_id: int | None = None) -> list[Project]:
+    query = select(projects.c.id, projects.c.team_id, projects.c.name).order_by(projects.c.name)
+    if team_id is not None:
+        query = query.where(projects.c.team_id == team_id)
+    return [Project(*row) for row in conn.execute(query)]
 
 
 def list_teams(conn: Connection) -> list[Team]:

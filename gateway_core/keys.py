@@ -16,8 +16,8 @@ from datetime import datetime
 
 from sqlalchemy import Connection, insert, select, text, update
 
-from gateway_core.errors import NotFoundError
-from gateway_core.schema import api_keys, teams
+from gateway_core.errors import InvalidRequestError, NotFoundError
+from gateway_core.schema import api_keys, projects, teams
 
 KEY_PREFIXES = {"live": "gw_live_", "test": "gw_test_"}
 KEY_RANDOM_BYTES = 32
@@ -72,8 +72,15 @@ def create_key(
     name: str,
     mode: str = "live",
     created_by: str | None = None,
+    project_id: int | None = None,
 ) -> IssuedKey:
-    """Insert a new key for a team and return it with its plain value."""
+    """Insert a new key for a team (and optionally one of its projects) and return it."""
+    if project_id is not None:
+        owner = conn.execute(
+            select(projects.c.team_id).where(projects.c.id == project_id)
+        ).scalar_one_or_none()
+        if owner != team_id:
+            raise InvalidRequestError(f"project {project_id} does not belong to team {team_id}")
     plain = generate_key(mode)
     prefix = plain[: len(KEY_PREFIXES[mode]) + 4]
     last4 = plain[-4:]
@@ -81,6 +88,7 @@ def create_key(
         insert(api_keys)
         .values(
             team_id=team_id,
+            project_id=project_id,
             name=name,
             key_hash=hash_key(secret, plain),
             prefix=prefix,

@@ -39,6 +39,7 @@ organizations = Table(
     metadata,
     Column("id", BigInteger, Identity(), primary_key=True),
     Column("name", String(200), nullable=False, unique=True),
+    # IANA zone that daily, weekly and monthly budget periods align to.
     Column("timezone", String(64), nullable=False, server_default="UTC"),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
@@ -56,6 +57,19 @@ teams = Table(
     Column("name", String(200), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     UniqueConstraint("organization_id", "name", name="uq_teams_organization_name"),
+)
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("team_id", BigInteger, ForeignKey("teams.id", ondelete="RESTRICT"), nullable=False),
+    Column("name", String(200), nullable=False),
+    # Shown in research usage reports.
+    Column("principal_investigator", String(200)),
+    Column("cost_centre", String(100)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("team_id", "name", name="uq_projects_team_name"),
 )
 
 users = Table(
@@ -81,6 +95,7 @@ api_keys = Table(
     metadata,
     Column("id", BigInteger, Identity(), primary_key=True),
     Column("team_id", BigInteger, ForeignKey("teams.id", ondelete="RESTRICT"), nullable=False),
+    Column("project_id", BigInteger, ForeignKey("projects.id", ondelete="RESTRICT")),
     Column("name", String(200), nullable=False),
     # HMAC-SHA256 of the full key under the server secret.
     Column("key_hash", LargeBinary(32), nullable=False, unique=True),
@@ -152,6 +167,7 @@ usage_events = Table(
     Column("organization_id", BigInteger),
     Column("team_id", BigInteger),
     Column("api_key_id", BigInteger),
+    Column("project_id", BigInteger),
     Column("endpoint", String(64), nullable=False),
     Column("model", String(200)),
     Column("provider", String(64)),
@@ -173,3 +189,150 @@ usage_events = Table(
 Index("ix_usage_events_created_at", usage_events.c.created_at)
 Index("ix_usage_events_team_created", usage_events.c.team_id, usage_events.c.created_at)
 Index("ix_usage_events_key_created", usage_events.c.api_key_id, usage_events.c.created_at)
+
+
+# Scopes that budgets, credit balances and rate limits apply to.
+SCOPE_TYPES = ("organization", "team", "project", "key")
+_SCOPE_CHECK = "scope_type IN ('organization', 'team', 'project', 'key')"
+
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("scope_type", String(16), nullable=False),
+    Column("scope_id", BigInteger, nullable=False),
+    # Positive adds credit (grant, purchase, refund of a charge, trial);
+    # negative removes it (usage charge, reversal of a purchase).
+    Column("amount", Money, nullable=False),
+    Column("kind", String(16), nullable=False),
+    # Request id, payment id or operator reference; unique per account and
+    # kind, so a replayed write is rejected instead of counted twice.
+    Column("reference", String(200), nullable=False),
+    Column("reason", Text),
+    Column("actor", String(100)),
+    Column("expires_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint(_SCOPE_CHECK, name="ck_ledger_scope"),
+    CheckConstraint(
+        "kind IN ('grant', 'purchase', 'usage', 'refund', 'trial', 'adjustment', 'expiry')",
+        name="ck_ledger_kind",
+    ),
+    UniqueConstraint("scope_type", "scope_id", "kind", "reference", name="uq_ledger_reference"),
+)
+
+credit_balances = Table(
+    "credit_balances",
+    metadata,
+    # Kept equal to the sum of ledger_entries per account by a trigger in
+    # the same transaction; an account with a row here is credit-metered.
+    Column("scope_type", String(16), primary_key=True),
+    Column("scope_id", BigInteger, primary_key=True),
+    Column("balance", Money, nullable=False, server_default="0"),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+budgets = Table(
+    "budgets",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("scope_type", String(16), nullable=False),
+    Column("scope_id", BigInteger, nullable=False),
+    Column("period", String(16), nullable=False),
+    Column("limit_usd", Money, nullable=False),
+    # Fractions of the limit at which alerts are sent, once per period each.
+    Column(
+        "alert_thresholds",
+        ARRAY(Numeric(5, 4)),
+        nullable=False,
+        server_default="{0.5,0.8,1.0}",
+    ),
+    Column("created_by", String(100)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint(_SCOPE_CHECK, name="ck_budgets_scope"),
+    CheckConstraint(
+        "period IN ('lifetime', 'daily', 'weekly', 'monthly')", name="ck_budgets_period"
+    ),
+    CheckConstraint("limit_usd >= 0", name="ck_budgets_limit"),
+    UniqueConstraint("scope_type", "scope_id", "period", name="uq_budgets_scope_period"),
+)
+
+budget_spend = Table(
+    "budget_spend",
+    metadata,
+    # Settled spend of one budget in one period; a new period is a new row,
+    # so nothing needs resetting.
+    Column("budget_id", BigInteger, ForeignKey("budgets.id", ondelete="CASCADE"), primary_key=True),
+    Column("period_start", DateTime(timezone=True), primary_key=True),
+    Column("spent", Money, nullable=False, server_default="0"),
+)
+
+spend_leases = Table(
+    "spend_leases",
+    metadata,
+    # Money a proxy worker may spend against one limit without asking
+    # Postgres again. The sum of live leases plus settled spend never
+    # exceeds the limit.
+    Column("limit_key", String(120), primary_key=True),
+    Column("holder", String(120), primary_key=True),
+    Column("amount", Money, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+rate_limits = Table(
+    "rate_limits",
+    metadata,
+    Column("scope_type", String(16), primary_key=True),
+    Column("scope_id", BigInteger, primary_key=True),
+    Column("requests_per_minute", Integer),
+    Column("tokens_per_minute", Integer),
+    Column("requests_per_day", Integer),
+    Column("max_concurrent", Integer),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint(_SCOPE_CHECK, name="ck_rate_limits_scope"),
+)
+
+alert_channels = Table(
+    "alert_channels",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("organization_id", BigInteger, ForeignKey("organizations.id"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    # An email address or a webhook URL.
+    Column("target", Text, nullable=False),
+    # Webhook signing secret, encrypted with gateway_core.secret_box.
+    Column("secret_encrypted", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("kind IN ('email', 'webhook')", name="ck_alert_channels_kind"),
+)
+
+budget_alerts_sent = Table(
+    "budget_alerts_sent",
+    metadata,
+    Column("budget_id", BigInteger, ForeignKey("budgets.id", ondelete="CASCADE"), primary_key=True),
+    Column("period_start", DateTime(timezone=True), primary_key=True),
+    Column("threshold", Numeric(5, 4), primary_key=True),
+    Column("sent_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+rate_limit_windows = Table(
+    "rate_limit_windows",
+    metadata,
+    # Capacity of one rate limit window that proxy workers have claimed in
+    # blocks. A worker spends its block in memory, so `used` counts claimed
+    # capacity, which is at least what requests consumed.
+    Column("scope_type", String(16), primary_key=True),
+    Column("scope_id", BigInteger, primary_key=True),
+    Column("limit_name", String(32), primary_key=True),
+    Column("window_start", DateTime(timezone=True), primary_key=True),
+    Column("window_end", DateTime(timezone=True), nullable=False),
+    Column("used", BigInteger, nullable=False, server_default="0"),
+    # Size of the latest claim, so the claiming upsert can return it.
+    Column("granted", BigInteger, nullable=False, server_default="0"),
+    CheckConstraint(_SCOPE_CHECK, name="ck_rate_limit_windows_scope"),
+    CheckConstraint(
+        "limit_name IN ('requests_per_minute', 'tokens_per_minute', 'requests_per_day')",
+        name="ck_rate_limit_windows_limit_name",
+    ),
+)
+
+Index("ix_rate_limit_windows_window_end", rate_limit_windows.c.window_end)

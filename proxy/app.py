@@ -16,6 +16,7 @@ from gateway_core.config import Settings
 from gateway_core.errors import GatewayError, InvalidRequestError, NotFoundError
 from proxy import routes
 from proxy.gateway import Gateway
+from proxy.providers.base import ENDPOINT_PATHS
 from proxy.responses import JSONResponse, error_response
 
 
@@ -46,11 +47,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     return Starlette(
         routes=[
-            Route("/v1/chat/completions", routes.chat_completions, methods=["POST"]),
-            Route("/v1/completions", routes.completions, methods=["POST"]),
-            Route("/v1/embeddings", routes.embeddings, methods=["POST"]),
-            Route("/v1/images/generations", routes.images_generations, methods=["POST"]),
-            Route("/v1/responses", routes.responses, methods=["POST"]),
+            *(
+                Route(f"/v1{ENDPOINT_PATHS[name]}", routes.call_handler(api), methods=["POST"])
+                for name, api in routes.ENDPOINTS.items()
+            ),
             Route("/v1/models", routes.list_models, methods=["GET"]),
             Route("/v1/models/{model_id:path}", routes.retrieve_model, methods=["GET"]),
             Route("/health/live", health_live, methods=["GET"]),

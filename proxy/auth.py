@@ -23,7 +23,8 @@ from proxy.context import KeyIdentity
 logger = logging.getLogger("gatewayz.auth")
 
 _LOOKUP = (
-    "SELECT k.id, k.team_id, t.organization_id, k.mode, k.revoked_at IS NOT NULL, k.key_hash "
+    "SELECT k.id, k.team_id, t.organization_id, k.mode, k.project_id, "
+    "k.revoked_at IS NOT NULL, k.key_hash "
     "FROM api_keys k JOIN teams t ON t.id = k.team_id WHERE k.key_hash = %s"
 )
 
@@ -61,17 +62,17 @@ class KeyVerifier:
             row = await (await conn.execute(_LOOKUP, (digest,))).fetchone()
         # The index lookup already matched the digest; comparing again in
         # constant time keeps the check independent of how the row was found.
-        if row is None or not hmac.compare_digest(bytes(row[5]), digest):
+        if row is None or not hmac.compare_digest(bytes(row[6]), digest):
             self._cache.pop(digest, None)
             raise AuthenticationError("invalid API key", code="invalid_api_key")
-        key_id, team_id, organization_id, mode, revoked, _ = row
+        key_id, team_id, organization_id, mode, project_id, revoked, _ = row
         if revoked:
             self._cache.pop(digest, None)
             raise PermissionDeniedError(
                 f"API key {key_id} has been revoked; ask an admin for a new key",
                 code="api_key_revoked",
             )
-        identity = KeyIdentity(key_id, team_id, organization_id, mode)
+        identity = KeyIdentity(key_id, team_id, organization_id, mode, project_id)
         self._cache[digest] = (now + self._ttl, identity)
         return identity
 

@@ -7,9 +7,12 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway_core.pricing import TokenUsage
+
+if TYPE_CHECKING:
+    from proxy.spend import Reservation
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,7 @@ class KeyIdentity:
     team_id: int
     organization_id: int
     mode: str
+    project_id: int | None = None
 
     @property
     def is_test(self) -> bool:
@@ -48,6 +52,8 @@ class CallContext:
     first_token_at: float | None = None
     finished_at: float | None = None
     attempts: int = 0
+    # Spend reserved before forwarding; settled exactly once when the call ends.
+    reservation: Reservation | None = None
 
     def mark_first_token(self) -> None:
         if self.first_token_at is None:
@@ -70,6 +76,7 @@ class CallContext:
             "organization_id": identity.organization_id if identity else None,
             "team_id": identity.team_id if identity else None,
             "api_key_id": identity.key_id if identity else None,
+            "project_id": identity.project_id if identity else None,
             "endpoint": self.endpoint,
             "model": self.model,
             "provider": self.provider,

@@ -14,11 +14,13 @@ from psycopg_pool import AsyncConnectionPool
 from gateway_core.catalog import Catalog, ModelEntry, load_catalog
 from gateway_core.config import Settings, libpq_url
 from gateway_core.pricing import TokenUsage, compute_cost
+from proxy.admission import max_cost
 from proxy.auth import KeyVerifier
 from proxy.context import CallContext
 from proxy.providers import ProviderRegistry, Route
 from proxy.recorder import UsageRecorder
 from proxy.routing import CircuitBreaker, RetryPolicy
+from proxy.spend import SpendGuard
 
 logger = logging.getLogger("gatewayz.proxy")
 
@@ -34,6 +36,7 @@ class Gateway:
     catalog: Catalog
     breaker: CircuitBreaker
     retry_policy: RetryPolicy
+    spend: SpendGuard
 
     @classmethod
     async def start(cls, settings: Settings) -> Gateway:
@@ -59,8 +62,15 @@ class Gateway:
         )
         await registry.refresh()
         registry.start()
+        spend = SpendGuard(
+            pool,
+            chunk_max=settings.lease_chunk_usd,
+            refresh_interval=settings.provider_refresh_interval,
+        )
+        await spend.start()
         recorder = UsageRecorder(
             pool,
+            spend=spend,
             batch_size=settings.recorder_batch_size,
             flush_interval=settings.recorder_flush_interval,
             max_pending=settings.recorder_queue_size,
@@ -77,12 +87,14 @@ class Gateway:
             catalog,
             CircuitBreaker(settings.circuit_failures, settings.circuit_cooldown),
             RetryPolicy(max_retries=settings.upstream_max_retries),
+            spend,
         )
 
     async def stop(self) -> None:
         await self.verifier.stop_listener()
         await self.registry.stop()
         await self.recorder.close()
+        await self.spend.stop()
         await self.transport.aclose()
         await self.pool.close()
         logger.info("proxy worker stopped")
@@ -99,11 +111,23 @@ class Gateway:
             return Decimal(0)
         return compute_cost(prices, usage)
 
+    def max_cost(self, route: Route, body: dict[str, Any], size: int) -> Decimal:
+        """Return what a call on this route may cost at most, for its reservation."""
+        return max_cost(self.registry.cost_prices(route), route.entry, body, size)
+
     def finish_call(self, ctx: CallContext, route: Route, usage: TokenUsage) -> None:
         """Price and record a streamed call once its stream has ended."""
         ctx.usage = usage
         ctx.cost = self.cost(route, usage)
-        self.recorder.record(ctx.usage_row())
+        self.record(ctx)
+
+    def record(self, ctx: CallContext) -> None:
+        """Settle the call's reservation and queue its usage row; once per call."""
+        row = ctx.usage_row()
+        if ctx.reservation is not None:
+            self.spend.settle(ctx.reservation, ctx.cost)
+            row["_limits"] = ctx.reservation.limits
+        self.recorder.record(row)
 
 
 def per_image_cost(entry: ModelEntry, body: dict[str, Any] | None) -> Decimal | None:

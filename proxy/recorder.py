@@ -12,10 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
+
+from proxy.spend import SpendGuard
 
 logger = logging.getLogger("gatewayz.recorder")
 
@@ -25,6 +32,7 @@ COLUMNS = (
     "organization_id",
     "team_id",
     "api_key_id",
+    "project_id",
     "endpoint",
     "model",
     "provider",
@@ -50,8 +58,30 @@ _CREATE_STAGING = (
 _COPY = f"COPY usage_staging ({_COLUMN_LIST}) FROM STDIN"
 _MERGE = (
     f"INSERT INTO usage_events ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM usage_staging "
-    "ON CONFLICT (request_id) DO NOTHING"
+    "ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
 )
+_ADD_SPEND = (
+    "INSERT INTO budget_spend (budget_id, period_start, spent) VALUES (%s, %s, %s) "
+    "ON CONFLICT (budget_id, period_start) DO UPDATE "
+    "SET spent = budget_spend.spent + EXCLUDED.spent RETURNING spent"
+)
+_CHARGE_CREDITS = (
+    "INSERT INTO ledger_entries (scope_type, scope_id, amount, kind, reference, actor) "
+    "SELECT s, i, -a, 'usage', r, 'proxy' FROM unnest("
+    "%s::text[], %s::bigint[], %s::numeric[], %s::text[]) AS t(s, i, a, r) "
+    "ON CONFLICT ON CONSTRAINT uq_ledger_reference DO NOTHING"
+)
+_SHRINK_LEASE = "UPDATE spend_leases SET amount = amount - %s WHERE limit_key = %s AND holder = %s"
+
+
+@dataclass(frozen=True)
+class BudgetCrossing:
+    """A budget's settled spend before and after one recorder batch."""
+
+    budget_id: int
+    period_start: datetime
+    spent_before: Decimal
+    spent_after: Decimal
 
 
 class UsageRecorder:
@@ -59,12 +89,16 @@ class UsageRecorder:
         self,
         pool: AsyncConnectionPool,
         *,
+        spend: SpendGuard | None = None,
+        on_budget_spend: Callable[[list[BudgetCrossing]], None] | None = None,
         batch_size: int = 500,
         flush_interval: float = 0.05,
         max_pending: int = 10_000,
         retry_delay: float = 0.5,
     ) -> None:
         self._pool = pool
+        self._spend = spend
+        self._on_budget_spend = on_budget_spend
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._max_pending = max_pending
@@ -117,7 +151,7 @@ class UsageRecorder:
                 continue
             batch = [self._pending[i] for i in range(min(self._batch_size, len(self._pending)))]
             try:
-                await self._write(batch)
+                crossings = await self._write(batch)
             except Exception:
                 # Rows stay queued and the same batch is retried; the
                 # ON CONFLICT clause makes a retry after a commit harmless.
@@ -127,13 +161,66 @@ class UsageRecorder:
             for _ in batch:
                 self._pending.popleft()
             self.written += len(batch)
+            if self._spend is not None:
+                self._spend.committed(charges_by_key(batch))
+            if crossings and self._on_budget_spend is not None:
+                try:
+                    self._on_budget_spend(crossings)
+                except Exception:
+                    logger.exception("budget alert hook failed")
             if len(self._pending) < self._max_pending:
                 self._capacity.set()
 
-    async def _write(self, batch: list[dict[str, Any]]) -> None:
+    async def _write(self, batch: list[dict[str, Any]]) -> list[BudgetCrossing]:
+        """Write usage rows and, for rows new to the table, their charges; one transaction."""
         async with self._pool.connection() as conn, conn.transaction():
             await conn.execute(_CREATE_STAGING)
             async with conn.cursor().copy(_COPY) as copy:
                 for row in batch:
                     await copy.write_row([row[column] for column in COLUMNS])
-            await conn.execute(_MERGE)
+            cursor = await conn.execute(_MERGE)
+            inserted = {request_id for (request_id,) in await cursor.fetchall()}
+            new_rows = [row for row in batch if row["request_id"] in inserted]
+            crossings = await self._charge(conn, new_rows)
+            if self._spend is not None:
+                # Leases shrink by what every row of the batch cost: rows a
+                # retried batch finds already written were charged by the
+                # earlier attempt, whose lease update committed with them.
+                shrink = charges_by_key(new_rows)
+                for key in sorted(shrink):
+                    await conn.execute(_SHRINK_LEASE, (shrink[key], key, self._spend.holder))
+        return crossings
+
+    async def _charge(
+        self, conn: AsyncConnection[Any], rows: list[dict[str, Any]]
+    ) -> list[BudgetCrossing]:
+        budget_totals: dict[tuple[int, datetime], Decimal] = defaultdict(Decimal)
+        credit_rows: list[tuple[str, int, Decimal, str]] = []
+        for row in rows:
+            cost = row["cost_usd"]
+            if not cost:
+                continue
+            for limit in row.get("_limits", ()):
+                if limit.kind == "budget":
+                    budget_totals[(limit.budget_id, limit.period_start)] += cost
+                else:
+                    credit_rows.append((limit.scope_type, limit.scope_id, cost, row["request_id"]))
+        crossings = []
+        for (budget_id, period_start), amount in sorted(budget_totals.items()):
+            cursor = await conn.execute(_ADD_SPEND, (budget_id, period_start, amount))
+            (after,) = await cursor.fetchone()  # type: ignore[misc]
+            crossings.append(BudgetCrossing(budget_id, period_start, after - amount, after))
+        if credit_rows:
+            credit_rows.sort()
+            columns = [list(column) for column in zip(*credit_rows, strict=True)]
+            await conn.execute(_CHARGE_CREDITS, columns)
+        return crossings
+
+
+def charges_by_key(rows: list[dict[str, Any]]) -> dict[str, Decimal]:
+    charges: dict[str, Decimal] = defaultdict(Decimal)
+    for row in rows:
+        if row["cost_usd"]:
+            for limit in row.get("_limits", ()):
+                charges[limit.key] += row["cost_usd"]
+    return charges

@@ -8,7 +8,8 @@ with retries, relay the answer, and record exactly one usage row.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -21,16 +22,26 @@ from gateway_core.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
-from gateway_core.pricing import TokenUsage, format_usd, parse_openai_usage
+from gateway_core.pricing import (
+    TokenUsage,
+    format_usd,
+    parse_anthropic_usage,
+    parse_openai_usage,
+)
 from proxy.auth import bearer_token
 from proxy.context import CallContext, KeyIdentity
 from proxy.gateway import Gateway
 from proxy.providers import Route
-from proxy.providers.base import EventStream, UpstreamRequest, UpstreamResponse
+from proxy.providers.base import EventStream, UpstreamRequest
 from proxy.providers.sandbox import SANDBOX_MODELS
 from proxy.responses import EventStreamResponse, JSONResponse, error_response
-from proxy.routing import dispatch
+from proxy.routing import Plan, dispatch
 from proxy.streaming import UsageTracker, relay
+from proxy.translate.anthropic import (
+    ChatToMessagesStream,
+    chat_response_to_message,
+    messages_to_chat_request,
+)
 
 logger = logging.getLogger("gatewayz.proxy")
 
@@ -48,7 +59,8 @@ async def authenticate(request: Request, gateway: Gateway) -> KeyIdentity:
     return await gateway.verifier.verify(token)
 
 
-async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+async def read_json_object(request: Request, limit: int) -> tuple[dict[str, Any], int]:
+    """Return the body parsed as a JSON object, and its size in bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"request body is larger than the {limit} byte limit")
@@ -66,7 +78,7 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
         raise InvalidRequestError(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(payload, dict):
         raise InvalidRequestError("request body must be a JSON object")
-    return payload
+    return payload, len(body)
 
 
 def require(body: dict[str, Any], field: str, check: Callable[[Any], bool], what: str) -> None:
@@ -119,86 +131,170 @@ def validate_responses(body: dict[str, Any]) -> None:
     require(body, "input", lambda v: isinstance(v, (str, list)), "a string or an array")
 
 
-VALIDATORS: dict[str, Callable[[dict[str, Any]], None]] = {
-    "chat": validate_chat,
-    "completions": validate_completions,
-    "embeddings": validate_embeddings,
-    "images": validate_images,
-    "responses": validate_responses,
-}
-
-
-def usage_of(endpoint: str, body: dict[str, Any]) -> TokenUsage:
-    return parse_openai_usage(body.get("usage"))
+def validate_messages(body: dict[str, Any]) -> None:
+    validate_chat(body)
+    require(
+        body,
+        "max_tokens",
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+        "a positive integer",
+    )
 
 
 def openai_error_event(error: GatewayError) -> bytes:
     return b"data: " + orjson.dumps(error.to_body()) + b"\n\n"
 
 
-async def handle_call(request: Request, endpoint: str) -> Response:
+def anthropic_error_body(error: GatewayError) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": error.error_type, "message": error.message}}
+
+
+def anthropic_error_event(error: GatewayError) -> bytes:
+    return b"event: error\ndata: " + orjson.dumps(anthropic_error_body(error)) + b"\n\n"
+
+
+def anthropic_error_response(error: GatewayError, request_id: str) -> Response:
+    headers = {"x-request-id": request_id, "request-id": request_id, **error.headers}
+    return JSONResponse(anthropic_error_body(error), status_code=error.status_code, headers=headers)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """How one API's calls are validated, routed, answered and priced."""
+
+    name: str
+    validate: Callable[[dict[str, Any]], None]
+    error_response: Callable[[GatewayError, str], Response] = error_response
+    error_event: Callable[[GatewayError], bytes] = openai_error_event
+
+    def plan(self, body: dict[str, Any]) -> Plan:
+        return lambda route: (self.name, body)
+
+    def answer(self, endpoint: str, route: Route, body: dict[str, Any]) -> dict[str, Any]:
+        return body
+
+    def usage(self, endpoint: str, body: dict[str, Any]) -> TokenUsage:
+        return parse_openai_usage(body.get("usage"))
+
+    def relay(
+        self, gateway: Gateway, ctx: CallContext, route: Route, endpoint: str,
+        stream: EventStream, body: dict[str, Any],
+    ) -> AsyncIterator[bytes]:  # fmt: skip
+        tracker = UsageTracker(endpoint, body)
+        return relay(ctx, route, stream, tracker, gateway.finish_call, self.error_event)
+
+
+class MessagesEndpoint(Endpoint):
+    """Anthropic's Messages API: native where the provider has it, else translated."""
+
+    def plan(self, body: dict[str, Any]) -> Plan:
+        translated: list[dict[str, Any]] = []
+
+        def choose(route: Route) -> tuple[str, dict[str, Any]]:
+            if route.provider.supports("messages"):
+                return "messages", body
+            if not translated:
+                translated.append(messages_to_chat_request(body))
+            return "chat", translated[0]
+
+        return choose
+
+    def answer(self, endpoint: str, route: Route, body: dict[str, Any]) -> dict[str, Any]:
+        if endpoint == "messages":
+            return body
+        return chat_response_to_message(body, route.model_id)
+
+    def usage(self, endpoint: str, body: dict[str, Any]) -> TokenUsage:
+        if endpoint == "messages":
+            return parse_anthropic_usage(body.get("usage"))
+        return parse_openai_usage(body.get("usage"))
+
+    def relay(
+        self, gateway: Gateway, ctx: CallContext, route: Route, endpoint: str,
+        stream: EventStream, body: dict[str, Any],
+    ) -> AsyncIterator[bytes]:  # fmt: skip
+        if endpoint == "messages":
+            return super().relay(gateway, ctx, route, endpoint, stream, body)
+        tracker = UsageTracker("chat", body)
+        translator = ChatToMessagesStream(route.model_id)
+        return relay(ctx, route, stream, tracker, gateway.finish_call, self.error_event, translator)
+
+
+ENDPOINTS = {
+    "chat": Endpoint("chat", validate_chat),
+    "completions": Endpoint("completions", validate_completions),
+    "embeddings": Endpoint("embeddings", validate_embeddings),
+    "images": Endpoint("images", validate_images),
+    "responses": Endpoint("responses", validate_responses),
+    "messages": MessagesEndpoint(
+        "messages", validate_messages, anthropic_error_response, anthropic_error_event
+    ),
+}
+
+
+async def handle_call(request: Request, api: Endpoint) -> Response:
     gateway = gateway_of(request)
-    ctx = CallContext(endpoint=endpoint)
+    ctx = CallContext(endpoint=api.name)
     streaming = False
     try:
         ctx.identity = await authenticate(request, gateway)
-        body = await read_json_object(request, gateway.settings.max_body_bytes)
+        body, size = await read_json_object(request, gateway.settings.max_body_bytes)
         validate_common(body)
-        VALIDATORS[endpoint](body)
+        api.validate(body)
         ctx.model = body["model"]
         ctx.stream = body.get("stream", False)
         routes = await gateway.registry.resolve_all(body["model"], ctx.identity, body.get("models"))
         await gateway.recorder.wait_for_capacity()
+        reserve = max(gateway.max_cost(route, body, size) for route in routes)
+        ctx.reservation = await gateway.spend.reserve(ctx.identity, reserve)
         headers = {k: v for k, v in request.headers.items() if k in FORWARDED_HEADERS}
-        upstream = UpstreamRequest(ctx.request_id, "", body, headers)
+        plan = api.plan(body)
         route, result = await dispatch(
             ctx,
             routes,
-            endpoint,
-            upstream,
+            plan,
+            UpstreamRequest(ctx.request_id, "", body, headers),
             stream=ctx.stream,
             breaker=gateway.breaker,
             policy=gateway.retry_policy,
         )
+        endpoint, _ = plan(route)
         if isinstance(result, EventStream):
             streaming = True
-            source = relay(
-                ctx,
-                route,
-                result,
-                UsageTracker(endpoint, body),
-                gateway.finish_call,
-                openai_error_event,
-            )
+            source = api.relay(gateway, ctx, route, endpoint, result, body)
             return EventStreamResponse(source, headers=response_headers(ctx, route))
-        return complete(gateway, ctx, route, result, usage_of(endpoint, result.body))
+        answer = api.answer(endpoint, route, result.body)
+        return complete(
+            gateway, ctx, route, result.status_code, answer, api.usage(endpoint, result.body)
+        )
     except GatewayError as error:
-        return failed(gateway, ctx, error)
+        return failed(ctx, error, api)
     except Exception:
         logger.exception("request %s failed with an internal error", ctx.request_id)
-        return failed(gateway, ctx, GatewayError("internal error in the gateway"))
+        return failed(ctx, GatewayError("internal error in the gateway"), api)
     finally:
         if not streaming:
-            gateway.recorder.record(ctx.usage_row())
+            gateway.record(ctx)
 
 
 def complete(
     gateway: Gateway,
     ctx: CallContext,
     route: Route,
-    result: UpstreamResponse,
+    status_code: int,
+    body: dict[str, Any],
     usage: TokenUsage,
 ) -> Response:
     ctx.usage = usage
-    ctx.cost = gateway.cost(route, usage, result.body)
+    ctx.cost = gateway.cost(route, usage, body)
     ctx.mark_first_token()
-    ctx.finish(result.status_code)
+    ctx.finish(status_code)
     headers = response_headers(ctx, route)
     headers[COST_HEADER] = format_usd(ctx.cost)
-    return JSONResponse(result.body, status_code=result.status_code, headers=headers)
+    return JSONResponse(body, status_code=status_code, headers=headers)
 
 
-def failed(gateway: Gateway, ctx: CallContext, error: GatewayError) -> Response:
+def failed(ctx: CallContext, error: GatewayError, api: Endpoint) -> Response:
     ctx.finish(error.status_code, error.error_type)
     key_id = ctx.identity.key_id if ctx.identity else None
     logger.info(
@@ -210,7 +306,7 @@ def failed(gateway: Gateway, ctx: CallContext, error: GatewayError) -> Response:
         error.status_code,
         error.code or error.error_type,
     )
-    return error_response(error, ctx.request_id)
+    return api.error_response(error, ctx.request_id)
 
 
 def response_headers(ctx: CallContext, route: Route) -> dict[str, str]:
@@ -220,24 +316,12 @@ def response_headers(ctx: CallContext, route: Route) -> dict[str, str]:
     return headers
 
 
-async def chat_completions(request: Request) -> Response:
-    return await handle_call(request, "chat")
+def call_handler(api: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+    async def handler(request: Request) -> Response:
+        return await handle_call(request, api)
 
-
-async def completions(request: Request) -> Response:
-    return await handle_call(request, "completions")
-
-
-async def embeddings(request: Request) -> Response:
-    return await handle_call(request, "embeddings")
-
-
-async def images_generations(request: Request) -> Response:
-    return await handle_call(request, "images")
-
-
-async def responses(request: Request) -> Response:
-    return await handle_call(request, "responses")
+    handler.__name__ = f"{api.name}_handler"
+    return handler
 
 
 def model_object(model_id: str, owned_by: str) -> dict[str, Any]:

@@ -18,7 +18,9 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from gateway_core.errors import GatewayError, UpstreamError, UpstreamTimeoutError
 from proxy.context import CallContext
@@ -95,10 +97,16 @@ def counts_against_provider(error: GatewayError) -> bool:
     )
 
 
+# Chooses, for one route, the endpoint and body to send: a client's
+# Anthropic Messages call goes natively to a provider that serves
+# `messages`, and is translated to `chat` for the others.
+Plan = Callable[[Route], tuple[str, dict[str, Any]]]
+
+
 async def dispatch(
     ctx: CallContext,
     routes: list[Route],
-    endpoint: str,
+    plan: Plan,
     request: UpstreamRequest,
     *,
     stream: bool,
@@ -111,6 +119,7 @@ async def dispatch(
         provider = route.provider
         ctx.provider = provider.name
         ctx.model = route.model_id
+        endpoint, body = plan(route)
         if not provider.supports(endpoint):
             last_error = provider.unsupported(endpoint)
             continue
@@ -124,9 +133,7 @@ async def dispatch(
                 status_code=503,
             )
             continue
-        routed = UpstreamRequest(
-            request.request_id, route.upstream_model, request.body, request.headers
-        )
+        routed = UpstreamRequest(request.request_id, route.upstream_model, body, request.headers)
         retries = provider.max_retries if provider.max_retries is not None else policy.max_retries
         for attempt in range(retries + 1):
             ctx.attempts += 1

@@ -11,8 +11,8 @@ provider never reported usage).
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Protocol
 
 import orjson
 
@@ -111,6 +111,14 @@ def produced_characters(choices: list[Any]) -> int:
     return total
 
 
+class StreamTranslator(Protocol):
+    """Turns decoded upstream events into the client's wire format."""
+
+    def feed(self, chunk: Mapping[str, Any]) -> list[bytes]: ...
+
+    def finish(self) -> list[bytes]: ...
+
+
 async def relay(
     ctx: CallContext,
     route: Route,
@@ -118,25 +126,45 @@ async def relay(
     tracker: UsageTracker,
     finish: Callable[[CallContext, Route, TokenUsage], None],
     error_event: Callable[[GatewayError], bytes],
+    translator: StreamTranslator | None = None,
 ) -> AsyncIterator[bytes]:
-    """Forward `stream` to the client; call `finish` once when it ends in any way."""
+    """Forward `stream` to the client; call `finish` once when it ends in any way.
+
+    Events pass byte for byte unless a `translator` rewrites them into
+    another wire format.
+    """
     events = aiter(stream)
     try:
         async for event in events:
             data = event.data
             if data is None or data == b"[DONE]":
-                yield event.raw
+                if translator is None:
+                    yield event.raw
+                elif data == b"[DONE]":
+                    for chunk in translator.finish():
+                        yield chunk
                 continue
             try:
                 decoded = orjson.loads(data)
             except orjson.JSONDecodeError:
-                yield event.raw
+                if translator is None:
+                    yield event.raw
                 continue
-            if isinstance(decoded, dict) and not tracker.observe(decoded):
+            if not isinstance(decoded, dict):
+                if translator is None:
+                    yield event.raw
                 continue
+            keep = tracker.observe(decoded)
             if tracker.characters:
                 ctx.mark_first_token()
-            yield event.raw
+            if translator is not None:
+                for chunk in translator.feed(decoded):
+                    yield chunk
+            elif keep:
+                yield event.raw
+        if translator is not None:
+            for chunk in translator.finish():
+                yield chunk
         ctx.finish(200)
     except GatewayError as error:
         ctx.partial = True

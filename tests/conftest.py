@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
 
 from gateway_core.config import Settings
 from gateway_core.db import get_engine, migrate
@@ -53,8 +55,17 @@ def engine(database_url: str) -> Iterator[Engine]:
     """The migrated database, emptied before each test."""
     engine = get_engine(database_url)
     tables = ", ".join(f'"{table.name}"' for table in metadata.sorted_tables)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    # A running proxy reads these tables in the background, so TRUNCATE can
+    # lose a deadlock against it; it is retried.
+    for attempt in range(10):
+        try:
+            with engine.begin() as conn:
+                conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+            break
+        except OperationalError:
+            if attempt == 9:
+                raise
+            time.sleep(0.1)
     yield engine
 
 

@@ -22,7 +22,10 @@ from psycopg_pool import AsyncConnectionPool
 from gateway_core.catalog import Catalog, ModelEntry, ModelPrices
 from gateway_core.errors import NotFoundError
 from proxy.context import KeyIdentity
+from proxy.providers.anthropic import AnthropicProvider
+from proxy.providers.azure import AzureOpenAIProvider
 from proxy.providers.base import Provider
+from proxy.providers.gemini import GeminiProvider
 from proxy.providers.openai_compatible import OpenAICompatibleProvider
 from proxy.providers.sandbox import SANDBOX_MODELS, SandboxProvider
 
@@ -57,11 +60,18 @@ class ProviderSpec:
 AdapterFactory = Callable[[ProviderSpec, httpx.AsyncClient], Provider]
 
 
-def _openai_compatible(spec: ProviderSpec, client: httpx.AsyncClient) -> Provider:
-    return OpenAICompatibleProvider(spec.name, spec.base_url, spec.api_key, client)
-
-
-ADAPTERS: dict[str, AdapterFactory] = {"openai-compatible": _openai_compatible}
+ADAPTERS: dict[str, AdapterFactory] = {
+    "openai-compatible": lambda spec, client: OpenAICompatibleProvider(
+        spec.name, spec.base_url, spec.api_key, client
+    ),
+    "anthropic": lambda spec, client: AnthropicProvider(
+        spec.name, spec.base_url, spec.api_key, client
+    ),
+    "gemini": lambda spec, client: GeminiProvider(spec.name, spec.base_url, spec.api_key, client),
+    "azure-openai": lambda spec, client: AzureOpenAIProvider(
+        spec.name, spec.base_url, spec.api_key, client, spec.api_version
+    ),
+}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,192 @@
+"""Budgets and credits hold under concurrency, across workers and processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+
+from gateway_core import budgets, directory, keys, model_routes, providers
+from tests.conftest import TEST_SECRET
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.processes import ProxyProcess
+from tests.support.proxy_client import CHAT, post_json, usage_row
+
+# Output at $1,000 per million tokens: $0.001 a token. With max_tokens=10 a
+# call reserves $0.01; the fake upstream's answer "fake answer: ping" is 3
+# tokens, so it costs $0.003.
+MAX_TOKENS = 10
+RESERVE = Decimal("0.01")
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI().start()
+    yield fake
+    fake.stop()
+
+
+def start_proxy(database_url: str, log: Path, workers: int = 1) -> ProxyProcess:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url,
+        GATEWAYZ_SECRET=TEST_SECRET,
+        GATEWAYZ_PROVIDER_REFRESH_INTERVAL="0",
+        GATEWAYZ_UPSTREAM_MAX_RETRIES="0",
+    )
+    return ProxyProcess(env, log, workers=workers)
+
+
+def setup_key(engine: Engine, upstream: FakeOpenAI) -> tuple[str, int, int]:
+    with engine.begin() as conn:
+        team = directory.create_team(conn, "lab")
+        providers.upsert_provider(conn, name="fake", base_url=upstream.base_url)
+        model_routes.set_price_override(conn, "fake/any", {"input": "0", "output": "1000"})
+        issued = keys.create_key(conn, TEST_SECRET.encode(), team_id=team.id, name="k")
+    return issued.secret, team.id, team.organization_id
+
+
+async def burst(base_urls: list[str], key: str, count: int) -> list[httpx.Response]:
+    body = {**CHAT, "model": "fake/any", "max_tokens": MAX_TOKENS}
+    body["messages"] = [{"role": "user", "content": "ping"}]
+    headers = {"authorization": f"Bearer {key}"}
+    limits = httpx.Limits(max_connections=count)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        calls = [
+            client.post(base_urls[i % len(base_urls)] + "/v1/chat/completions", json=body,
+                        headers=headers)
+            for i in range(count)
+        ]  # fmt: skip
+        return await asyncio.gather(*calls)
+
+
+def check_invariant(
+    engine: Engine, responses: list[httpx.Response], limit: Decimal, code: str
+) -> Decimal:
+    admitted = [r for r in responses if r.status_code == 200]
+    rejected = [r for r in responses if r.status_code != 200]
+    assert admitted, "no request was admitted"
+    for response in rejected:
+        assert response.status_code == 402, response.text
+        error = response.json()["error"]
+        assert error["code"] == code
+        assert "budget" in error["message"] or "credit" in error["message"]
+    rows = [usage_row(engine, r.headers["x-request-id"]) for r in responses]
+    assert len({row["request_id"] for row in rows}) == len(responses)
+    spent = sum((row["cost_usd"] for row in rows), Decimal(0))
+    assert spent <= limit
+    assert all(row["cost_usd"] == Decimal("0.003") for row in rows if row["status_code"] == 200)
+    return spent
+
+
+def leases_left(engine: Engine) -> Decimal:
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT coalesce(sum(amount), 0) FROM spend_leases")).scalar_one()
+
+
+def test_budget_holds_under_200_concurrent(
+    database_url: str, engine: Engine, upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    key, team_id, _ = setup_key(engine, upstream)
+    limit = Decimal("0.20")
+    with engine.begin() as conn:
+        budgets.set_budget(
+            conn, scope_type="team", scope_id=team_id, period="monthly", limit_usd=limit
+        )
+    proxy = start_proxy(database_url, tmp_path / "proxy.log")
+    try:
+        responses = asyncio.run(burst([proxy.base_url], key, 200))
+        spent = check_invariant(engine, responses, limit, "budget_exceeded")
+        with engine.connect() as conn:
+            settled = conn.execute(text("SELECT spent FROM budget_spend")).scalar_one()
+        assert settled == spent
+        statuses = {r.status_code for r in responses}
+        assert statuses == {200, 402}
+    finally:
+        proxy.stop()
+    assert leases_left(engine) == 0
+
+
+def test_budget_holds_across_workers_and_hosts(
+    database_url: str, engine: Engine, upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    key, team_id, _ = setup_key(engine, upstream)
+    limit = Decimal("0.20")
+    with engine.begin() as conn:
+        budgets.set_budget(
+            conn, scope_type="team", scope_id=team_id, period="daily", limit_usd=limit
+        )
+    first = start_proxy(database_url, tmp_path / "a.log", workers=4)
+    second = start_proxy(database_url, tmp_path / "b.log", workers=2)
+    try:
+        responses = asyncio.run(burst([first.base_url, second.base_url], key, 200))
+        spent = check_invariant(engine, responses, limit, "budget_exceeded")
+        with engine.connect() as conn:
+            settled = conn.execute(text("SELECT spent FROM budget_spend")).scalar_one()
+            holders = conn.execute(text("SELECT count(DISTINCT holder) FROM spend_leases"))
+        assert settled == spent
+        assert holders.scalar_one() >= 1
+    finally:
+        first.stop()
+        second.stop()
+    assert leases_left(engine) == 0
+
+
+def test_credit_balance_cannot_go_negative(
+    database_url: str, engine: Engine, upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    key, _, organization_id = setup_key(engine, upstream)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO ledger_entries (scope_type, scope_id, amount, kind, reference) "
+                "VALUES ('organization', :id, 0.05, 'grant', 'test-grant')"
+            ),
+            {"id": organization_id},
+        )
+    proxy = start_proxy(database_url, tmp_path / "proxy.log", workers=2)
+    try:
+        responses = asyncio.run(burst([proxy.base_url], key, 60))
+        spent = check_invariant(engine, responses, Decimal("0.05"), "insufficient_credits")
+    finally:
+        proxy.stop()
+    with engine.connect() as conn:
+        balance = conn.execute(text("SELECT balance FROM credit_balances")).scalar_one()
+        ledger_sum = conn.execute(text("SELECT sum(amount) FROM ledger_entries")).scalar_one()
+        charges = conn.execute(
+            text("SELECT count(*), -sum(amount) FROM ledger_entries WHERE kind = 'usage'")
+        ).one()
+    assert balance == ledger_sum == Decimal("0.05") - spent
+    assert balance >= 0
+    assert charges[1] == spent
+    assert charges[0] == sum(1 for r in responses if r.status_code == 200)
+
+
+def test_tightest_limit_is_named(
+    database_url: str, engine: Engine, upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    key, team_id, _ = setup_key(engine, upstream)
+    with engine.begin() as conn:
+        key_id = conn.execute(text("SELECT id FROM api_keys")).scalar_one()
+        budgets.set_budget(
+            conn, scope_type="key", scope_id=key_id, period="lifetime", limit_usd="5"
+        )
+        budgets.set_budget(
+            conn, scope_type="team", scope_id=team_id, period="weekly", limit_usd="0.005"
+        )
+    proxy = start_proxy(database_url, tmp_path / "proxy.log")
+    try:
+        body = {**CHAT, "model": "fake/any", "max_tokens": MAX_TOKENS}
+        response = post_json(proxy.base_url, "/v1/chat/completions", body, key)
+    finally:
+        proxy.stop()
+    assert response.status_code == 402
+    message = response.json()["error"]["message"]
+    assert f"weekly budget of team {team_id}" in message
+    assert "$0.01" in message
