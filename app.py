@@ -60,6 +60,7 @@ class AppPage:
 PAGES = (
     AppPage("keys", "pages/keys.py", "Keys", ":material/key:", frozenset({"owner", "admin"})),
     AppPage("usage", "pages/usage.py", "Usage", ":material/monitoring:", frozenset(ROLES)),
+    AppPage("models", "pages/models.py", "Models", ":material/list:", frozenset(ROLES)),
 )
 
 

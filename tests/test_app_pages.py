@@ -173,7 +173,7 @@ def test_sign_in_shows_navigation(cookies, engine: Engine) -> None:
 
     assert at.session_state["authentication_status"] is True
     assert at.session_state["gatewayz_user"]["role"] == "owner"
-    assert at.session_state["gatewayz_allowed_pages"] == frozenset({"keys", "usage"})
+    assert at.session_state["gatewayz_allowed_pages"] == frozenset({"keys", "usage", "models"})
     assert labels(at.sidebar.button) == ["Log out"]
     assert "Signed in as **Alice** (owner)" in values(at.sidebar.caption)
     assert values(at.title) == ["API keys"]
@@ -268,7 +268,7 @@ def test_cookie_signs_in(cookies, engine: Engine) -> None:
     at = start_app()
 
     assert at.session_state["authentication_status"] is True
-    assert at.session_state["gatewayz_allowed_pages"] == frozenset({"keys", "usage"})
+    assert at.session_state["gatewayz_allowed_pages"] == frozenset({"keys", "usage", "models"})
     assert values(at.title) == ["API keys"]
     # Signing in from the cookie does not issue a fresh one with a later expiry.
     assert cookie_calls(at, "set") == []
@@ -302,7 +302,7 @@ def test_viewer_has_no_keys_page(cookies, engine: Engine) -> None:
     add_user(engine, "victor", "viewer")
     at = sign_in(start_app(), "victor")
 
-    assert at.session_state["gatewayz_allowed_pages"] == frozenset({"usage"})
+    assert at.session_state["gatewayz_allowed_pages"] == frozenset({"usage", "models"})
     assert values(at.title) == ["Usage"]
     with pytest.raises(ValueError, match="Could not find a navigation page"):
         at.switch_page("pages/keys.py")
