@@ -16,6 +16,7 @@ from gateway_core.config import Settings
 from gateway_core.errors import GatewayError, InvalidRequestError, NotFoundError
 from proxy import routes
 from proxy.gateway import Gateway
+from proxy.key_info import key_info
 from proxy.providers.base import ENDPOINT_PATHS
 from proxy.responses import JSONResponse, error_response
 
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 for name, api in routes.ENDPOINTS.items()
             ),
             Route("/v1/models", routes.list_models, methods=["GET"]),
+            Route("/v1/key", key_info, methods=["GET"]),
             Route("/v1/models/{model_id:path}", routes.retrieve_model, methods=["GET"]),
             Route("/health/live", health_live, methods=["GET"]),
         ],

@@ -190,3 +190,39 @@ def test_tightest_limit_is_named(
     message = response.json()["error"]["message"]
     assert f"weekly budget of team {team_id}" in message
     assert "$0.01" in message
+
+
+def test_key_endpoint_reports_limits(
+    database_url: str, engine: Engine, upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    key, team_id, organization_id = setup_key(engine, upstream)
+    with engine.begin() as conn:
+        budgets.set_budget(
+            conn, scope_type="team", scope_id=team_id, period="monthly", limit_usd="1.5"
+        )
+        conn.execute(
+            text(
+                "INSERT INTO ledger_entries (scope_type, scope_id, amount, kind, reference) "
+                "VALUES ('organization', :id, 2, 'grant', 'g')"
+            ),
+            {"id": organization_id},
+        )
+    proxy = start_proxy(database_url, tmp_path / "proxy.log")
+    try:
+        body = {**CHAT, "model": "fake/any", "max_tokens": MAX_TOKENS}
+        assert post_json(proxy.base_url, "/v1/chat/completions", body, key).status_code == 200
+        response = httpx.get(proxy.base_url + "/v1/key", headers={"authorization": f"Bearer {key}"})
+        missing = httpx.get(proxy.base_url + "/v1/key")
+    finally:
+        proxy.stop()
+    assert missing.status_code == 401
+    data = response.json()["data"]
+    assert data["team"] == "lab"
+    [budget] = data["budgets"]
+    assert budget["limit_usd"] == "1.5"
+    assert budget["period"] == "monthly"
+    assert budget["resets_at"] is not None
+    assert Decimal(budget["spent_usd"]) + Decimal(budget["reserved_usd"]) <= Decimal("1.5")
+    [credit] = data["credits"]
+    assert credit["scope"] == "organization"
+    assert Decimal(credit["balance_usd"]) <= Decimal(2)
