@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from gateway_core.pricing import TokenUsage
 
 if TYPE_CHECKING:
+    from proxy.ratelimit import RateLimitTicket
     from proxy.spend import Reservation
 
 
@@ -54,6 +55,9 @@ class CallContext:
     attempts: int = 0
     # Spend reserved before forwarding; settled exactly once when the call ends.
     reservation: Reservation | None = None
+    # Rate-limit consumption, released when the call ends.
+    rate_ticket: RateLimitTicket | None = None
+    rate_headers: dict[str, str] = field(default_factory=dict)
 
     def mark_first_token(self) -> None:
         if self.first_token_at is None:

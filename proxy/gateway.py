@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -18,6 +19,7 @@ from proxy.admission import max_cost
 from proxy.auth import KeyVerifier
 from proxy.context import CallContext
 from proxy.providers import ProviderRegistry, Route
+from proxy.ratelimit import RateLimitConfigCache, RateLimiter, create_backend
 from proxy.recorder import UsageRecorder
 from proxy.routing import CircuitBreaker, RetryPolicy
 from proxy.spend import SpendGuard
@@ -37,6 +39,10 @@ class Gateway:
     breaker: CircuitBreaker
     retry_policy: RetryPolicy
     spend: SpendGuard
+    limiter: RateLimiter
+    rate_limit_config: RateLimitConfigCache
+    # Release calls still running, kept so they are not garbage-collected.
+    background: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     async def start(cls, settings: Settings) -> Gateway:
@@ -76,6 +82,12 @@ class Gateway:
             max_pending=settings.recorder_queue_size,
         )
         recorder.start()
+        rate_limit_config = RateLimitConfigCache(
+            pool, refresh_interval=max(settings.provider_refresh_interval, 0.5)
+        )
+        await rate_limit_config.refresh()
+        rate_limit_config.start()
+        limiter = RateLimiter(rate_limit_config, create_backend(settings.redis_url, pool))
         logger.info("proxy worker started with providers: %s", ", ".join(registry.configured()))
         return cls(
             settings,
@@ -88,11 +100,17 @@ class Gateway:
             CircuitBreaker(settings.circuit_failures, settings.circuit_cooldown),
             RetryPolicy(max_retries=settings.upstream_max_retries),
             spend,
+            limiter,
+            rate_limit_config,
         )
 
     async def stop(self) -> None:
         await self.verifier.stop_listener()
         await self.registry.stop()
+        if self.background:
+            await asyncio.gather(*self.background, return_exceptions=True)
+        await self.rate_limit_config.stop()
+        await self.limiter.close()
         await self.recorder.close()
         await self.spend.stop()
         await self.transport.aclose()
@@ -122,7 +140,12 @@ class Gateway:
         self.record(ctx)
 
     def record(self, ctx: CallContext) -> None:
-        """Settle the call's reservation and queue its usage row; once per call."""
+        """Settle the call's reservation and limits and queue its usage row; once per call."""
+        if ctx.rate_ticket is not None:
+            ticket, ctx.rate_ticket = ctx.rate_ticket, None
+            task = asyncio.create_task(self.limiter.release(ticket, ctx.usage.total_tokens))
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
         row = ctx.usage_row()
         if ctx.reservation is not None:
             self.spend.settle(ctx.reservation, ctx.cost)

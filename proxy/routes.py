@@ -10,17 +10,20 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from gateway_core.catalog import ModelEntry
 from gateway_core.errors import (
     GatewayError,
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
+    RateLimitError,
 )
 from gateway_core.pricing import (
     TokenUsage,
@@ -28,6 +31,7 @@ from gateway_core.pricing import (
     parse_anthropic_usage,
     parse_openai_usage,
 )
+from proxy.admission import output_limit
 from proxy.auth import bearer_token
 from proxy.context import CallContext, KeyIdentity
 from proxy.gateway import Gateway
@@ -36,6 +40,7 @@ from proxy.providers.base import EventStream, UpstreamRequest
 from proxy.providers.sandbox import SANDBOX_MODELS
 from proxy.responses import EventStreamResponse, JSONResponse, error_response
 from proxy.routing import Plan, dispatch
+from proxy.spend import scopes_of
 from proxy.streaming import UsageTracker, relay
 from proxy.translate.anthropic import (
     ChatToMessagesStream,
@@ -247,6 +252,10 @@ async def handle_call(request: Request, api: Endpoint) -> Response:
         await gateway.recorder.wait_for_capacity()
         reserve = max(gateway.max_cost(route, body, size) for route in routes)
         ctx.reservation = await gateway.spend.reserve(ctx.identity, reserve)
+        ctx.rate_ticket = await gateway.limiter.acquire(
+            scopes_of(ctx.identity), estimated_tokens(body, size, routes[0].entry)
+        )
+        ctx.rate_headers = ctx.rate_ticket.headers()
         headers = {k: v for k, v in request.headers.items() if k in FORWARDED_HEADERS}
         plan = api.plan(body)
         route, result = await dispatch(
@@ -267,6 +276,12 @@ async def handle_call(request: Request, api: Endpoint) -> Response:
         return complete(
             gateway, ctx, route, result.status_code, answer, api.usage(endpoint, result.body)
         )
+    except RateLimitError as error:
+        if ctx.reservation is not None:
+            # Rejected by a rate limit: the reservation is handed back whole.
+            gateway.spend.settle(ctx.reservation, Decimal(0))
+            ctx.reservation = None
+        return failed(ctx, error, api)
     except GatewayError as error:
         return failed(ctx, error, api)
     except Exception:
@@ -306,14 +321,27 @@ def failed(ctx: CallContext, error: GatewayError, api: Endpoint) -> Response:
         error.status_code,
         error.code or error.error_type,
     )
-    return api.error_response(error, ctx.request_id)
+    response = api.error_response(error, ctx.request_id)
+    for name, value in ctx.rate_headers.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 def response_headers(ctx: CallContext, route: Route) -> dict[str, str]:
     headers = {"x-request-id": ctx.request_id, "x-gatewayz-provider": route.provider.name}
+    headers.update(ctx.rate_headers)
     if route.provider.synthetic:
         headers["x-gatewayz-sandbox"] = "true"
     return headers
+
+
+def estimated_tokens(body: dict[str, Any], size: int, entry: ModelEntry | None) -> int:
+    """Return the tokens a call is counted for against tokens-per-minute limits.
+
+    Like OpenAI's limiter, the prompt estimate plus the requested output limit;
+    the count is corrected to the real usage when the call ends.
+    """
+    return size // 4 + output_limit(body, entry)
 
 
 def call_handler(api: Endpoint) -> Callable[[Request], Awaitable[Response]]:

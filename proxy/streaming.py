@@ -38,9 +38,14 @@ class UsageTracker:
         self.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         # Anthropic reports input tokens in message_start, output in message_delta.
         self._anthropic_usage: dict[str, Any] = {}
+        # Type of an error event the upstream sent inside the stream, if any.
+        self.error_type: str | None = None
 
     def observe(self, event: dict[str, Any]) -> bool:
         """Update from one decoded event; return False to drop it from the client's stream."""
+        error = event.get("error")
+        if isinstance(error, dict) and (event.get("type") in (None, "error")):
+            self.error_type = str(error.get("type") or "upstream_error")
         if self.endpoint == "messages":
             return self._observe_anthropic(event)
         if self.endpoint == "responses":
@@ -165,7 +170,14 @@ async def relay(
         if translator is not None:
             for chunk in translator.finish():
                 yield chunk
-        ctx.finish(200)
+        if tracker.error_type is not None:
+            # The upstream reported a failure inside a stream that had
+            # already started, so the client has its error event already.
+            ctx.partial = True
+            ctx.finish(502, tracker.error_type)
+            logger.info("request %s: upstream sent an error event mid-stream", ctx.request_id)
+        else:
+            ctx.finish(200)
     except GatewayError as error:
         ctx.partial = True
         ctx.finish(error.status_code, error.error_type)

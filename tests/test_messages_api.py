@@ -161,3 +161,23 @@ def test_messages_errors_in_anthropic_shape(client: anthropic.Anthropic) -> None
         client.messages.create(
             model="claude/any", max_tokens=0, messages=[{"role": "user", "content": "x"}]
         )
+
+
+def test_stream_error_after_first_byte_not_retried(
+    client: anthropic.Anthropic, engine: Engine, upstreams: tuple[FakeAnthropic, FakeOpenAI]
+) -> None:
+    sent_before = len(upstreams[0].requests)
+    with client.messages.with_streaming_response.create(
+        model="claude/stream-error",
+        max_tokens=20,
+        messages=[{"role": "user", "content": "x"}],
+        stream=True,
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        body = b"".join(response.iter_bytes())
+    assert b"overloaded_error" in body
+    assert len(upstreams[0].requests) == sent_before + 1
+    row = usage_row(engine, request_id)
+    assert row["attempts"] == 1
+    assert row["partial"] is True
+    assert row["status_code"] != 200

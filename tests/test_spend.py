@@ -226,3 +226,41 @@ def test_key_endpoint_reports_limits(
     [credit] = data["credits"]
     assert credit["scope"] == "organization"
     assert Decimal(credit["balance_usd"]) <= Decimal(2)
+
+
+def test_rate_limit_headers_and_429(
+    database_url: str, engine: Engine, upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    key, team_id, _ = setup_key(engine, upstream)
+    with engine.begin() as conn:
+        key_id = conn.execute(text("SELECT id FROM api_keys")).scalar_one()
+        conn.execute(
+            text(
+                "INSERT INTO rate_limits (scope_type, scope_id, requests_per_minute, "
+                "tokens_per_minute) VALUES ('key', :id, 3, 100000)"
+            ),
+            {"id": key_id},
+        )
+        budgets.set_budget(conn, scope_type="team", scope_id=team_id, period="daily", limit_usd="1")
+    proxy = start_proxy(database_url, tmp_path / "proxy.log")
+    try:
+        body = {**CHAT, "model": "fake/any", "max_tokens": MAX_TOKENS}
+        responses = [post_json(proxy.base_url, "/v1/chat/completions", body, key) for _ in range(4)]
+    finally:
+        proxy.stop()
+    assert [r.status_code for r in responses] == [200, 200, 200, 429]
+    first, last = responses[0], responses[3]
+    assert first.headers["x-ratelimit-limit-requests"] == "3"
+    assert first.headers["x-ratelimit-remaining-requests"] == "2"
+    assert "x-ratelimit-reset-requests" in first.headers
+    assert first.headers["x-ratelimit-limit-tokens"] == "100000"
+    assert int(last.headers["retry-after"]) >= 1
+    assert last.headers["x-ratelimit-remaining-requests"] == "0"
+    assert last.json()["error"]["code"] == "rate_limit_exceeded"
+    rejected = usage_row(engine, last.headers["x-request-id"])
+    assert rejected["status_code"] == 429
+    with engine.connect() as conn:
+        spent = conn.execute(text("SELECT spent FROM budget_spend")).scalar_one()
+    # The rejected call reserved budget first and handed it all back.
+    assert spent == Decimal("0.009")
+    assert leases_left(engine) == 0
