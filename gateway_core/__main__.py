@@ -6,11 +6,16 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
-from gateway_core import directory, keys, providers
+from sqlalchemy import Connection
+
+from gateway_core import directory, keys, ledger, providers
 from gateway_core.config import ConfigError, Settings
 from gateway_core.db import get_engine, migrate
-from gateway_core.errors import GatewayError
+from gateway_core.errors import GatewayError, InvalidRequestError, NotFoundError
+from gateway_core.schema import SCOPE_TYPES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +68,81 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key-env", help="environment variable that holds the provider's API key"
     )
     provider_commands.add_parser("list", help="list providers")
+    add_credits_parser(commands)
     return parser
+
+
+def add_credits_parser(commands: argparse._SubParsersAction) -> None:
+    credits_parser = commands.add_parser(
+        "credits", help="grant credit, show balances and history, expire and verify"
+    )
+    credit_commands = credits_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    grant = credit_commands.add_parser(
+        "grant", help="add a ledger entry (credit by default); a repeated reference is a no-op"
+    )
+    add_account_arguments(grant)
+    grant.add_argument(
+        "--amount",
+        required=True,
+        help="US dollars, e.g. 12.50; a negative amount removes credit "
+        "(purchase, refund and adjustment kinds only)",
+    )
+    grant.add_argument(
+        "--reference",
+        required=True,
+        help="payment id or operator reference, unique per account and kind",
+    )
+    grant.add_argument(
+        "--kind",
+        choices=("grant", "purchase", "refund", "adjustment"),
+        default="grant",
+        help="ledger entry kind (default: grant)",
+    )
+    grant.add_argument("--reason", help="free text shown in the history")
+    grant.add_argument(
+        "--expires-days",
+        type=int,
+        metavar="N",
+        help="days until unused credit expires (grant kind only; default: never)",
+    )
+
+    show_balance = credit_commands.add_parser("balance", help="print an account's balance")
+    add_account_arguments(show_balance)
+
+    show_history = credit_commands.add_parser(
+        "history", help="print an account's ledger entries, newest first"
+    )
+    add_account_arguments(show_history)
+    show_history.add_argument(
+        "--limit", type=int, default=100, help="number of entries to print (default: 100)"
+    )
+
+    credit_commands.add_parser(
+        "expire",
+        help="write expiry entries for grants and trials past their expiry time (run from cron)",
+    )
+    credit_commands.add_parser(
+        "verify",
+        help="check every cached balance against the sum of its entries; exit 1 on a mismatch",
+    )
+
+
+def add_account_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--scope",
+        required=True,
+        choices=SCOPE_TYPES,
+        help="type of the account that the credit belongs to",
+    )
+    parser.add_argument(
+        "--id",
+        dest="scope_id",
+        metavar="N",
+        required=True,
+        type=int,
+        help="numeric id of that account",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -89,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     engine = get_engine(settings.database_url)
     with engine.begin() as conn:
+        if args.command == "credits":
+            return run_credits_command(args, conn)
         if args.command == "teams" and args.action == "create":
             team = directory.create_team(conn, args.name, args.org)
             print(f"created team {team.name!r} (id {team.id})")
@@ -125,6 +206,87 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             for provider in providers.list_providers(conn):
                 print(f"{provider.name}\t{provider.kind}\t{provider.base_url}")
     return 0
+
+
+def run_credits_command(args: argparse.Namespace, conn: Connection) -> int:
+    if args.action == "grant":
+        return grant_credit(args, conn)
+    if args.action == "balance":
+        amount = ledger.balance(conn, args.scope, args.scope_id)
+        if amount is None:
+            print(f"{args.scope} {args.scope_id} is not credit-metered (it has no ledger entries)")
+        else:
+            print(f"{args.scope} {args.scope_id} balance: {format_usd(amount)}")
+        return 0
+    if args.action == "history":
+        for entry in ledger.history(conn, args.scope, args.scope_id, args.limit):
+            expires = entry.expires_at.isoformat() if entry.expires_at else ""
+            print(
+                f"{entry.id}\t{entry.created_at.isoformat()}\t{entry.kind}\t"
+                f"{format_usd(entry.amount)}\t{entry.reference}\t{expires}\t"
+                f"{entry.actor or ''}\t{entry.reason or ''}"
+            )
+        return 0
+    if args.action == "expire":
+        written = ledger.expire_credits(conn)
+        print(f"wrote {written} expiry entries")
+        return 0
+    mismatches = ledger.verify_balances(conn)
+    for mismatch in mismatches:
+        cached = "missing" if mismatch.cached is None else format_usd(mismatch.cached)
+        print(
+            f"mismatch: {mismatch.scope_type} {mismatch.scope_id} cached balance {cached}, "
+            f"sum of entries {format_usd(mismatch.entries_sum)}"
+        )
+    if mismatches:
+        print(f"error: {len(mismatches)} balances differ from their entries", file=sys.stderr)
+        return 1
+    print("every balance equals the sum of its entries")
+    return 0
+
+
+def grant_credit(args: argparse.Namespace, conn: Connection) -> int:
+    amount = ledger.parse_amount(args.amount)
+    if not ledger.account_exists(conn, args.scope, args.scope_id):
+        raise NotFoundError(f"{args.scope} {args.scope_id} not found; check --scope and --id")
+    expires_at = None
+    if args.expires_days is not None:
+        if args.expires_days <= 0:
+            raise InvalidRequestError(
+                f"--expires-days must be a positive number of days, got {args.expires_days}"
+            )
+        expires_at = datetime.now(UTC) + timedelta(days=args.expires_days)
+    written = ledger.add_entry(
+        conn,
+        scope_type=args.scope,
+        scope_id=args.scope_id,
+        amount=amount,
+        kind=args.kind,
+        reference=args.reference,
+        reason=args.reason,
+        actor="cli",
+        expires_at=expires_at,
+    )
+    if not written:
+        print(
+            f"reference {args.reference!r} is already recorded as a {args.kind} entry "
+            f"for {args.scope} {args.scope_id}; nothing written"
+        )
+        return 0
+    current = ledger.balance(conn, args.scope, args.scope_id)
+    print(
+        f"recorded {args.kind} of {format_usd(amount)} for {args.scope} {args.scope_id}; "
+        f"balance is now {format_usd(current if current is not None else Decimal(0))}"
+    )
+    return 0
+
+
+def format_usd(amount: Decimal) -> str:
+    """Format dollars with at least two decimal places, dropping zeros beyond them."""
+    text = format(abs(amount).normalize(), "f")
+    whole, _, fraction = text.partition(".")
+    sign = "-" if amount < 0 else ""
+    return f"{sign}${whole}.{fraction.ljust(2, '0')}"
 
 
 if __name__ == "__main__":
