@@ -44,6 +44,9 @@ class Settings:
     # Largest chunk of a budget or credit balance, in USD, that one proxy
     # worker leases from Postgres at a time.
     lease_chunk_usd: Decimal = Decimal(5)
+    # Usage rows Postgres rejects are appended here (JSON lines) instead of lost.
+    dead_letter_path: Path = DATA_DIR / "spool" / "rejected-usage.jsonl"
+    log_level: str = "INFO"
     recorder_batch_size: int = 500
     recorder_flush_interval: float = 0.05
     recorder_queue_size: int = 10_000
@@ -75,6 +78,11 @@ class Settings:
             upstream_connect_timeout=float(env.get("GATEWAYZ_UPSTREAM_CONNECT_TIMEOUT", "5")),
             upstream_read_timeout=float(env.get("GATEWAYZ_UPSTREAM_READ_TIMEOUT", "120")),
             upstream_max_retries=int(env.get("GATEWAYZ_UPSTREAM_MAX_RETRIES", "2")),
+            dead_letter_path=Path(
+                env.get("GATEWAYZ_DEAD_LETTER_PATH")
+                or Path(env.get("GATEWAYZ_DATA_DIR") or DATA_DIR) / "spool" / "rejected-usage.jsonl"
+            ),
+            log_level=env.get("GATEWAYZ_LOG_LEVEL", "INFO").upper(),
             lease_chunk_usd=Decimal(env.get("GATEWAYZ_LEASE_CHUNK_USD", "5")),
             circuit_failures=int(env.get("GATEWAYZ_CIRCUIT_FAILURES", "5")),
             circuit_cooldown=float(env.get("GATEWAYZ_CIRCUIT_COOLDOWN", "30")),

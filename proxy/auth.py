@@ -35,6 +35,10 @@ def bearer_token(authorization: str | None, api_key_header: str | None) -> str:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
+        raise AuthenticationError(
+            "invalid Authorization header: use 'Authorization: Bearer gw_...'",
+            code="invalid_authorization_header",
+        )
     if api_key_header:
         return api_key_header.strip()
     raise AuthenticationError(
@@ -66,13 +70,15 @@ class KeyVerifier:
             self._cache.pop(digest, None)
             raise AuthenticationError("invalid API key", code="invalid_api_key")
         key_id, team_id, organization_id, mode, project_id, revoked, _ = row
+        identity = KeyIdentity(key_id, team_id, organization_id, mode, project_id)
         if revoked:
             self._cache.pop(digest, None)
-            raise PermissionDeniedError(
+            error = PermissionDeniedError(
                 f"API key {key_id} has been revoked; ask an admin for a new key",
                 code="api_key_revoked",
             )
-        identity = KeyIdentity(key_id, team_id, organization_id, mode, project_id)
+            error.identity = identity
+            raise error
         self._cache[digest] = (now + self._ttl, identity)
         return identity
 

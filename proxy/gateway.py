@@ -77,6 +77,7 @@ class Gateway:
         recorder = UsageRecorder(
             pool,
             spend=spend,
+            dead_letter=settings.dead_letter_path,
             batch_size=settings.recorder_batch_size,
             flush_interval=settings.recorder_flush_interval,
             max_pending=settings.recorder_queue_size,

@@ -13,10 +13,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway_core.budgets import budget_limit_key, period_bounds
-from gateway_core.errors import GatewayError
 from proxy.context import KeyIdentity
-from proxy.responses import JSONResponse, error_response
-from proxy.routes import authenticate, gateway_of
+from proxy.gateway import Gateway
+from proxy.routes import handle_read
 from proxy.spend import scopes_of
 
 _KEY = (
@@ -50,12 +49,10 @@ def usd(amount: Decimal) -> str:
 
 
 async def key_info(request: Request) -> Response:
-    gateway = gateway_of(request)
-    try:
-        identity = await authenticate(request, gateway)
-    except GatewayError as error:
-        return error_response(error, "")
-    return JSONResponse({"data": await describe_key(gateway.pool, identity)})
+    async def build(gateway: Gateway, identity: KeyIdentity) -> dict[str, Any]:
+        return {"data": await describe_key(gateway.pool, identity)}
+
+    return await handle_read(request, "key", build)
 
 
 async def describe_key(pool: Any, identity: KeyIdentity) -> dict[str, Any]:

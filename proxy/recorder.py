@@ -12,16 +12,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
+import orjson
+import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
+from sqlalchemy import String
 
+from gateway_core.schema import usage_events
 from proxy.spend import SpendGuard
 
 logger = logging.getLogger("gatewayz.recorder")
@@ -51,6 +57,12 @@ COLUMNS = (
     "attempts",
 )
 _COLUMN_LIST = ", ".join(COLUMNS)
+# Maximum lengths of the text columns, from gateway_core/schema.py.
+_TEXT_LIMITS = {
+    column.name: column.type.length
+    for column in usage_events.columns
+    if isinstance(column.type, String) and column.type.length
+}
 _CREATE_STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS usage_staging "
     "(LIKE usage_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
@@ -95,6 +107,7 @@ class UsageRecorder:
         flush_interval: float = 0.05,
         max_pending: int = 10_000,
         retry_delay: float = 0.5,
+        dead_letter: Path | None = None,
     ) -> None:
         self._pool = pool
         self._spend = spend
@@ -103,6 +116,7 @@ class UsageRecorder:
         self._flush_interval = flush_interval
         self._max_pending = max_pending
         self._retry_delay = retry_delay
+        self._dead_letter = dead_letter
         self._pending: deque[dict[str, Any]] = deque()
         self._wakeup = asyncio.Event()
         self._capacity = asyncio.Event()
@@ -120,6 +134,12 @@ class UsageRecorder:
 
     def record(self, row: dict[str, Any]) -> None:
         """Queue one usage row; never blocks, so it is safe in `finally` blocks."""
+        for column, limit in _TEXT_LIMITS.items():
+            value = row.get(column)
+            if isinstance(value, str) and (len(value) > limit or "\x00" in value):
+                # Postgres text cannot hold NUL, and the columns have a
+                # maximum length; client-supplied strings are cut to fit.
+                row[column] = value.replace("\x00", "\ufffd")[:limit]
         self._pending.append(row)
         if len(self._pending) >= self._max_pending:
             self._capacity.clear()
@@ -138,7 +158,10 @@ class UsageRecorder:
             try:
                 await asyncio.wait_for(self._task, timeout)
             except TimeoutError:
-                logger.error("recorder stopped with %d unwritten usage rows", len(self._pending))
+                self._task.cancel()
+                rows = list(self._pending)
+                self._pending.clear()
+                self._set_aside(rows, "the database did not accept them before shutdown")
 
     async def _run(self) -> None:
         while True:
@@ -152,6 +175,11 @@ class UsageRecorder:
             batch = [self._pending[i] for i in range(min(self._batch_size, len(self._pending)))]
             try:
                 crossings = await self._write(batch)
+            except (psycopg.DataError, psycopg.IntegrityError):
+                # Some row in the batch can never be written; write the rows
+                # one at a time so only that row is set aside.
+                logger.exception("a batch of %d usage rows was rejected", len(batch))
+                crossings = await self._write_one_by_one(batch)
             except Exception:
                 # Rows stay queued and the same batch is retried; the
                 # ON CONFLICT clause makes a retry after a commit harmless.
@@ -170,6 +198,37 @@ class UsageRecorder:
                     logger.exception("budget alert hook failed")
             if len(self._pending) < self._max_pending:
                 self._capacity.set()
+
+    async def _write_one_by_one(self, batch: list[dict[str, Any]]) -> list[BudgetCrossing]:
+        crossings: list[BudgetCrossing] = []
+        for row in batch:
+            try:
+                crossings += await self._write([row])
+            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                self._set_aside([row], str(exc))
+        return crossings
+
+    def _set_aside(self, rows: list[dict[str, Any]], reason: str) -> None:
+        """Append rows Postgres rejected to the dead-letter file, so none is lost."""
+        if not rows:
+            return
+        if self._dead_letter is None:
+            logger.error("dropping %d usage rows (%s): no dead-letter file", len(rows), reason)
+            return
+        self._dead_letter.parent.mkdir(parents=True, exist_ok=True)
+        with self._dead_letter.open("ab") as handle:
+            for row in rows:
+                public = {k: v for k, v in row.items() if not k.startswith("_")}
+                handle.write(orjson.dumps(public, default=str) + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        logger.error(
+            "set aside %d usage rows in %s (%s); first request id %s",
+            len(rows),
+            self._dead_letter,
+            reason,
+            rows[0].get("request_id"),
+        )
 
     async def _write(self, batch: list[dict[str, Any]]) -> list[BudgetCrossing]:
         """Write usage rows and, for rows new to the table, their charges; one transaction."""

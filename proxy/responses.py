@@ -62,6 +62,10 @@ class EventStreamResponse:
         await send({"type": "http.response.start", "status": 200, "headers": self._headers})
         async for chunk in self._source:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            # A source that never waits (the sandbox) would otherwise run to
+            # its end before the disconnect watcher gets a turn; sending to
+            # a closed connection does not raise under uvicorn.
+            await asyncio.sleep(0)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

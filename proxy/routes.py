@@ -23,6 +23,7 @@ from gateway_core.errors import (
     InvalidRequestError,
     NotFoundError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     RateLimitError,
 )
 from gateway_core.pricing import (
@@ -59,9 +60,17 @@ def gateway_of(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
-async def authenticate(request: Request, gateway: Gateway) -> KeyIdentity:
+async def authenticate(
+    request: Request, gateway: Gateway, ctx: CallContext | None = None
+) -> KeyIdentity:
     token = bearer_token(request.headers.get("authorization"), request.headers.get("x-api-key"))
-    return await gateway.verifier.verify(token)
+    try:
+        return await gateway.verifier.verify(token)
+    except PermissionDeniedError as error:
+        # A revoked key is still known: its rejected calls are recorded against it.
+        if ctx is not None and isinstance(error.identity, KeyIdentity):
+            ctx.identity = error.identity
+        raise
 
 
 async def read_json_object(request: Request, limit: int) -> tuple[dict[str, Any], int]:
@@ -93,27 +102,112 @@ def require(body: dict[str, Any], field: str, check: Callable[[Any], bool], what
         raise InvalidRequestError(f"'{field}' must be {what}", param=field)
 
 
+# Numeric request fields and their allowed ranges, as the OpenAI API checks them.
+NUMERIC_RANGES: dict[str, tuple[float, float]] = {
+    "temperature": (0, 2),
+    "top_p": (0, 1),
+    "presence_penalty": (-2, 2),
+    "frequency_penalty": (-2, 2),
+}
+INTEGER_RANGES: dict[str, tuple[int, int]] = {
+    "max_tokens": (1, 10_000_000),
+    "max_completion_tokens": (1, 10_000_000),
+    "max_output_tokens": (1, 10_000_000),
+    "n": (1, 128),
+    "top_logprobs": (0, 20),
+}
+MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def validate_common(body: dict[str, Any]) -> None:
-    require(body, "model", lambda v: isinstance(v, str) and bool(v), "a model id string")
+    require(
+        body,
+        "model",
+        lambda v: isinstance(v, str) and 0 < len(v) <= 200 and v.isprintable(),
+        "a model id string of printable characters",
+    )
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequestError("'stream' must be true or false", param="stream")
     models = body.get("models")
     if models is not None and not (
-        isinstance(models, list) and all(isinstance(m, str) and m for m in models)
+        isinstance(models, list)
+        and len(models) <= 10
+        and all(isinstance(m, str) and m and m.isprintable() for m in models)
     ):
-        raise InvalidRequestError("'models' must be an array of model ids", param="models")
+        raise InvalidRequestError("'models' must be an array of up to 10 model ids", param="models")
+    for field, (low, high) in NUMERIC_RANGES.items():
+        value = body.get(field)
+        if value is None:
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not low <= value <= high
+        ):
+            raise InvalidRequestError(
+                f"'{field}' must be a number from {low} to {high}, got {value!r}", param=field
+            )
+    for field, (low, high) in INTEGER_RANGES.items():
+        value = body.get(field)
+        if value is None:
+            continue
+        if not is_integer(value) or not low <= value <= high:
+            raise InvalidRequestError(
+                f"'{field}' must be an integer from {low} to {high}, got {value!r}", param=field
+            )
+
+
+def check_output_limit(body: dict[str, Any], routes: list[Route]) -> None:
+    """Reject an output limit above what the model can produce, as providers do."""
+    for field in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        value = body.get(field)
+        if value is None:
+            continue
+        for route in routes:
+            entry = route.entry
+            if entry is not None and entry.max_output_tokens and value > entry.max_output_tokens:
+                raise InvalidRequestError(
+                    f"'{field}' is too large: {value}; {route.model_id} supports at most "
+                    f"{entry.max_output_tokens} output tokens",
+                    param=field,
+                )
 
 
 def validate_chat(body: dict[str, Any]) -> None:
-    def messages_ok(value: Any) -> bool:
-        return (
-            isinstance(value, list)
-            and bool(value)
-            and all(isinstance(m, dict) and isinstance(m.get("role"), str) for m in value)
+    messages = body.get("messages")
+    if "messages" not in body:
+        raise InvalidRequestError("missing required field 'messages'", param="messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequestError(
+            "'messages' must be a non-empty array of message objects", param="messages"
         )
-
-    require(body, "messages", messages_ok, "a non-empty array of objects with a 'role'")
+    for index, message in enumerate(messages):
+        param = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise InvalidRequestError(f"{param} must be an object", param=param)
+        if message.get("role") not in MESSAGE_ROLES:
+            raise InvalidRequestError(
+                f"{param}.role must be one of {', '.join(sorted(MESSAGE_ROLES))}, "
+                f"got {message.get('role')!r}",
+                param=f"{param}.role",
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise InvalidRequestError(
+                f"{param}.content must be a string or an array of content parts",
+                param=f"{param}.content",
+            )
+        if isinstance(content, list) and not all(
+            isinstance(part, dict) and isinstance(part.get("type"), str) for part in content
+        ):
+            raise InvalidRequestError(
+                f"{param}.content parts must be objects with a 'type'", param=f"{param}.content"
+            )
 
 
 def validate_completions(body: dict[str, Any]) -> None:
@@ -242,13 +336,14 @@ async def handle_call(request: Request, api: Endpoint) -> Response:
     ctx = CallContext(endpoint=api.name)
     streaming = False
     try:
-        ctx.identity = await authenticate(request, gateway)
+        ctx.identity = await authenticate(request, gateway, ctx)
         body, size = await read_json_object(request, gateway.settings.max_body_bytes)
         validate_common(body)
         api.validate(body)
         ctx.model = body["model"]
         ctx.stream = body.get("stream", False)
         routes = await gateway.registry.resolve_all(body["model"], ctx.identity, body.get("models"))
+        check_output_limit(body, routes)
         await gateway.recorder.wait_for_capacity()
         reserve = max(gateway.max_cost(route, body, size) for route in routes)
         ctx.reservation = await gateway.spend.reserve(ctx.identity, reserve)
@@ -370,23 +465,42 @@ def visible_models(gateway: Gateway, identity: KeyIdentity) -> list[dict[str, An
     return models
 
 
-async def list_models(request: Request) -> Response:
+async def handle_read(
+    request: Request,
+    endpoint: str,
+    build: Callable[[Gateway, KeyIdentity], Awaitable[Any]],
+) -> Response:
+    """Run a read-only endpoint for an authenticated key and record it like any call."""
     gateway = gateway_of(request)
+    ctx = CallContext(endpoint=endpoint)
     try:
-        identity = await authenticate(request, gateway)
+        ctx.identity = await authenticate(request, gateway, ctx)
+        payload = await build(gateway, ctx.identity)
+        ctx.finish(200)
+        return JSONResponse(payload, headers={"x-request-id": ctx.request_id})
     except GatewayError as error:
-        return error_response(error, "")
-    return JSONResponse({"object": "list", "data": visible_models(gateway, identity)})
+        return failed(ctx, error, ENDPOINTS["chat"])
+    except Exception:
+        logger.exception("request %s failed with an internal error", ctx.request_id)
+        return failed(ctx, GatewayError("internal error in the gateway"), ENDPOINTS["chat"])
+    finally:
+        gateway.record(ctx)
+
+
+async def list_models(request: Request) -> Response:
+    async def build(gateway: Gateway, identity: KeyIdentity) -> dict[str, Any]:
+        return {"object": "list", "data": visible_models(gateway, identity)}
+
+    return await handle_read(request, "models", build)
 
 
 async def retrieve_model(request: Request) -> Response:
-    gateway = gateway_of(request)
     model_id = request.path_params["model_id"]
-    try:
-        identity = await authenticate(request, gateway)
+
+    async def build(gateway: Gateway, identity: KeyIdentity) -> dict[str, Any]:
         for model in visible_models(gateway, identity):
             if model["id"] == model_id:
-                return JSONResponse(model)
+                return model
         raise NotFoundError(f"model {model_id!r} not found", code="model_not_found")
-    except GatewayError as error:
-        return error_response(error, "")
+
+    return await handle_read(request, "models", build)

@@ -105,3 +105,17 @@ def assert_port_closed(port: int) -> None:
     except httpx.ConnectError:
         return
     raise AssertionError(f"port {port} still answers after Ctrl-C")
+
+
+def test_run_refuses_busy_port(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        process = start_launcher(tmp_path, taken, free_port())
+        output, _ = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert f"port {taken} for the proxy is in use" in output
+    assert "GATEWAYZ_PROXY_PORT" in output

@@ -311,3 +311,106 @@ def test_cli_key_lifecycle(
         helped = cli(*command, "--help")
         assert helped.returncode == 0
         assert "usage:" in helped.stdout
+
+
+def test_abandoned_sandbox_stream_is_partial(
+    proxy: ProxyProcess, live_key: keys.IssuedKey, engine: Engine
+) -> None:
+    body = {**CHAT, "model": "sandbox/lorem", "max_tokens": 4096, "stream": True}
+    headers = {"authorization": f"Bearer {live_key.secret}"}
+    with httpx.stream(
+        "POST", proxy.base_url + "/v1/chat/completions", json=body, headers=headers
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        next(response.iter_raw())
+    row = usage_row(engine, request_id)
+    assert row["partial"] is True
+    assert row["status_code"] == 499
+    assert row["completion_tokens"] < 4096
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_tokens", -1),
+        ("max_tokens", 0),
+        ("max_tokens", 1.5),
+        ("max_tokens", "10"),
+        ("max_tokens", 10**9),
+        ("max_tokens", 5000),
+        ("temperature", "hot"),
+        ("temperature", 100),
+        ("n", 0),
+        ("model", "sandbox/echo\u0000"),
+        ("messages", [{"role": "wizard", "content": "x"}]),
+        ("messages", [{"role": "user", "content": 5}]),
+        ("messages", "hello"),
+    ],
+)
+def test_invalid_fields_rejected(
+    proxy: ProxyProcess, live_key: keys.IssuedKey, engine: Engine, field: str, value: Any
+) -> None:
+    response = post_chat(proxy, {**CHAT, field: value}, live_key.secret)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"].startswith(field)
+    usage_row(engine, response.headers["x-request-id"])
+
+
+def test_nul_in_model_does_not_block_recording(
+    proxy: ProxyProcess, live_key: keys.IssuedKey, engine: Engine
+) -> None:
+    bad = post_chat(proxy, {**CHAT, "models": ["x/\u0000"]}, live_key.secret)
+    assert bad.status_code == 400
+    fine = post_chat(proxy, {**CHAT, "model": "nowhere/\u00e9" + "y" * 150}, live_key.secret)
+    assert fine.status_code == 404
+    assert usage_row(engine, fine.headers["x-request-id"])["status_code"] == 404
+    ok = post_chat(proxy, CHAT, live_key.secret)
+    assert usage_row(engine, ok.headers["x-request-id"])["status_code"] == 200
+
+
+def test_every_response_has_request_id_and_row(
+    proxy: ProxyProcess, live_key: keys.IssuedKey, engine: Engine
+) -> None:
+    headers = {"authorization": f"Bearer {live_key.secret}"}
+    calls = [
+        httpx.get(proxy.base_url + "/v1/models", headers=headers),
+        httpx.get(proxy.base_url + "/v1/models/sandbox/echo", headers=headers),
+        httpx.get(proxy.base_url + "/v1/models"),
+        httpx.get(proxy.base_url + "/v1/nope"),
+        httpx.get(proxy.base_url + "/v1/chat/completions", headers=headers),
+        httpx.get(proxy.base_url + "/v1/key", headers=headers),
+    ]
+    assert [call.status_code for call in calls] == [200, 200, 401, 404, 405, 200]
+    for call in calls:
+        request_id = call.headers["x-request-id"]
+        assert request_id.startswith("req_")
+        assert usage_row(engine, request_id)["status_code"] == call.status_code
+        if call.status_code >= 400:
+            assert call.json()["error"]["message"]
+
+
+def test_revoked_key_call_recorded_against_key(
+    proxy: ProxyProcess, live_key: keys.IssuedKey, engine: Engine
+) -> None:
+    with engine.begin() as conn:
+        keys.revoke_key(conn, live_key.id)
+    deadline = time.monotonic() + 1.0
+    response = post_chat(proxy, CHAT, live_key.secret)
+    while response.status_code != 403 and time.monotonic() < deadline:
+        response = post_chat(proxy, CHAT, live_key.secret)
+    assert response.status_code == 403
+    row = usage_row(engine, response.headers["x-request-id"])
+    assert row["api_key_id"] == live_key.id
+    assert row["team_id"] == live_key.team_id
+
+
+def test_authorization_without_bearer_explained(proxy: ProxyProcess, live_key) -> None:
+    response = httpx.post(
+        proxy.base_url + "/v1/chat/completions",
+        json=CHAT,
+        headers={"authorization": live_key.secret},
+    )
+    assert response.status_code == 401
+    assert "Bearer" in response.json()["error"]["message"]

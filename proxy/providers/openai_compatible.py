@@ -135,9 +135,13 @@ def transport_error(provider: str, exc: httpx.TransportError) -> GatewayError:
     refused = isinstance(exc.__cause__, aiohttp.ClientConnectorError) and not isinstance(
         exc.__cause__, aiohttp.ServerTimeoutError
     )
+    # The detail (host, port, OS error) is logged but not sent to clients,
+    # which need not learn where providers live.
+    logger.warning("provider %s: %s: %s", provider, type(exc).__name__, exc)
     if isinstance(exc, httpx.TimeoutException) and not refused:
         return UpstreamTimeoutError(f"provider {provider!r} timed out", code="upstream_timeout")
-    return UpstreamError(f"provider {provider!r} could not be reached: {exc}")
+    reason = "connection refused" if refused else "network error"
+    return UpstreamError(f"provider {provider!r} could not be reached ({reason})")
 
 
 def parse_retry_after(value: str | None) -> float | None:
