@@ -17,6 +17,7 @@ from gateway_core.config import Settings, libpq_url
 from gateway_core.pricing import TokenUsage, compute_cost
 from proxy.admission import max_cost
 from proxy.auth import KeyVerifier
+from proxy.budget_alerts import BudgetAlerter
 from proxy.context import CallContext
 from proxy.providers import ProviderRegistry, Route
 from proxy.ratelimit import RateLimitConfigCache, RateLimiter, create_backend
@@ -41,6 +42,7 @@ class Gateway:
     spend: SpendGuard
     limiter: RateLimiter
     rate_limit_config: RateLimitConfigCache
+    alerter: BudgetAlerter
     # Release calls still running, kept so they are not garbage-collected.
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -74,9 +76,11 @@ class Gateway:
             refresh_interval=settings.provider_refresh_interval,
         )
         await spend.start()
+        alerter = BudgetAlerter(settings, spend)
         recorder = UsageRecorder(
             pool,
             spend=spend,
+            on_budget_spend=alerter.on_budget_spend,
             dead_letter=settings.dead_letter_path,
             batch_size=settings.recorder_batch_size,
             flush_interval=settings.recorder_flush_interval,
@@ -103,6 +107,7 @@ class Gateway:
             spend,
             limiter,
             rate_limit_config,
+            alerter,
         )
 
     async def stop(self) -> None:
@@ -113,6 +118,7 @@ class Gateway:
         await self.rate_limit_config.stop()
         await self.limiter.close()
         await self.recorder.close()
+        await self.alerter.close()
         await self.spend.stop()
         await self.transport.aclose()
         await self.pool.close()

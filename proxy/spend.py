@@ -38,7 +38,7 @@ logger = logging.getLogger("gatewayz.spend")
 
 ZERO = Decimal(0)
 
-_LOAD_BUDGETS = "SELECT id, scope_type, scope_id, period, limit_usd FROM budgets"
+_LOAD_BUDGETS = "SELECT id, scope_type, scope_id, period, limit_usd, alert_thresholds FROM budgets"
 _LOAD_METERED = "SELECT scope_type, scope_id FROM credit_balances"
 _LOAD_ZONES = "SELECT id, timezone FROM organizations"
 
@@ -140,6 +140,7 @@ class SpendGuard:
         self._budgets: dict[tuple[str, int], list[tuple[int, str, Decimal]]] = {}
         self._metered: set[tuple[str, int]] = set()
         self._zones: dict[int, str] = {}
+        self._thresholds: dict[int, tuple[Decimal, tuple[Decimal, ...]]] = {}
         self._leases: dict[str, LeaseState] = {}
         self._task: asyncio.Task[None] | None = None
         self._loaded_at = float("-inf")
@@ -162,12 +163,22 @@ class SpendGuard:
             metered_rows = await (await conn.execute(_LOAD_METERED)).fetchall()
             zone_rows = await (await conn.execute(_LOAD_ZONES)).fetchall()
         budgets: dict[tuple[str, int], list[tuple[int, str, Decimal]]] = {}
-        for budget_id, scope_type, scope_id, period, limit in budget_rows:
+        thresholds: dict[int, tuple[Decimal, tuple[Decimal, ...]]] = {}
+        for budget_id, scope_type, scope_id, period, limit, alert_at in budget_rows:
             budgets.setdefault((scope_type, scope_id), []).append((budget_id, period, limit))
+            thresholds[budget_id] = (limit, tuple(alert_at or ()))
         self._budgets = budgets
+        self._thresholds = thresholds
         self._metered = {(scope_type, scope_id) for scope_type, scope_id in metered_rows}
         self._zones = dict(zone_rows)
         self._loaded_at = time.monotonic()
+
+    def budget_limit_and_thresholds(
+        self, budget_id: int
+    ) -> tuple[Decimal | None, tuple[Decimal, ...]]:
+        """Return a budget's limit and alert thresholds, as last loaded."""
+        limit, thresholds = self._thresholds.get(budget_id, (None, ()))
+        return limit, thresholds
 
     def limits_for(self, identity: KeyIdentity, now: datetime | None = None) -> list[Limit]:
         """Return the limits that apply to a key, from memory."""
