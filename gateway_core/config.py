@@ -46,6 +46,8 @@ class Settings:
     lease_chunk_usd: Decimal = Decimal(5)
     # Usage rows Postgres rejects are appended here (JSON lines) instead of lost.
     dead_letter_path: Path = DATA_DIR / "spool" / "rejected-usage.jsonl"
+    # Usage rows wait here (JSON lines, fsynced) while Postgres is unreachable.
+    spool_dir: Path = DATA_DIR / "spool"
     log_level: str = "INFO"
     recorder_batch_size: int = 500
     recorder_flush_interval: float = 0.05
@@ -81,6 +83,10 @@ class Settings:
             dead_letter_path=Path(
                 env.get("GATEWAYZ_DEAD_LETTER_PATH")
                 or Path(env.get("GATEWAYZ_DATA_DIR") or DATA_DIR) / "spool" / "rejected-usage.jsonl"
+            ),
+            spool_dir=Path(
+                env.get("GATEWAYZ_SPOOL_DIR")
+                or Path(env.get("GATEWAYZ_DATA_DIR") or DATA_DIR) / "spool"
             ),
             log_level=env.get("GATEWAYZ_LOG_LEVEL", "INFO").upper(),
             lease_chunk_usd=Decimal(env.get("GATEWAYZ_LEASE_CHUNK_USD", "5")),

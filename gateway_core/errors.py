@@ -87,6 +87,11 @@ class RateLimitError(GatewayError):
     error_type = "rate_limit_error"
 
 
+class ServiceUnavailableError(GatewayError):
+    status_code = 503
+    error_type = "service_unavailable"
+
+
 class UpstreamError(GatewayError):
     status_code = 502
     error_type = "upstream_error"

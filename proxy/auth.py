@@ -14,9 +14,13 @@ import logging
 import time
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from gateway_core.errors import AuthenticationError, PermissionDeniedError
+from gateway_core.errors import (
+    AuthenticationError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+)
 from gateway_core.keys import REVOCATION_CHANNEL, hash_key, looks_like_key
 from proxy.context import KeyIdentity
 
@@ -47,10 +51,19 @@ def bearer_token(authorization: str | None, api_key_header: str | None) -> str:
 
 
 class KeyVerifier:
-    def __init__(self, pool: AsyncConnectionPool, secret: bytes, ttl: float = 1.0) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool,
+        secret: bytes,
+        ttl: float = 1.0,
+        stale_grace: float = 60.0,
+    ) -> None:
         self._pool = pool
         self._secret = secret
         self._ttl = ttl
+        # Seconds past expiry that a cached key is still accepted while the
+        # database cannot be reached.
+        self._stale_grace = stale_grace
         self._cache: dict[bytes, tuple[float, KeyIdentity]] = {}
         self._listener: asyncio.Task[None] | None = None
 
@@ -62,8 +75,20 @@ class KeyVerifier:
         now = time.monotonic()
         if cached is not None and cached[0] > now:
             return cached[1]
-        async with self._pool.connection() as conn:
-            row = await (await conn.execute(_LOOKUP, (digest,))).fetchone()
+        try:
+            async with self._pool.connection(timeout=5.0) as conn:
+                row = await (await conn.execute(_LOOKUP, (digest,))).fetchone()
+        except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
+            if cached is not None and now - cached[0] < self._stale_grace:
+                # With the database away, a key verified shortly before keeps
+                # working; revocations cannot arrive until it is back.
+                return cached[1]
+            logger.warning("key lookup failed: %s", exc)
+            raise ServiceUnavailableError(
+                "the API key cannot be verified because the gateway's database is "
+                "unavailable; retry shortly",
+                code="auth_unavailable",
+            ) from exc
         # The index lookup already matched the digest; comparing again in
         # constant time keeps the check independent of how the row was found.
         if row is None or not hmac.compare_digest(bytes(row[6]), digest):
@@ -99,9 +124,6 @@ class KeyVerifier:
             try:
                 async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
                     await conn.execute(f"LISTEN {REVOCATION_CHANNEL}")
-                    # Entries cached before LISTEN started may have missed a
-                    # revocation, so start from an empty cache.
-                    self._cache.clear()
                     async for notify in conn.notifies():
                         try:
                             self.evict(bytes.fromhex(notify.payload))
@@ -110,6 +132,7 @@ class KeyVerifier:
             except asyncio.CancelledError:
                 raise
             except psycopg.Error as exc:
+                # A revocation missed meanwhile still takes effect when the
+                # cached entry expires, within the cache TTL.
                 logger.warning("revocation listener lost its connection (%s); reconnecting", exc)
-                self._cache.clear()
                 await asyncio.sleep(1.0)

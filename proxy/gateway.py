@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -24,6 +25,7 @@ from proxy.ratelimit import RateLimitConfigCache, RateLimiter, create_backend
 from proxy.recorder import UsageRecorder
 from proxy.routing import CircuitBreaker, RetryPolicy
 from proxy.spend import SpendGuard
+from proxy.spool import Spool
 
 logger = logging.getLogger("gatewayz.proxy")
 
@@ -82,6 +84,8 @@ class Gateway:
             spend=spend,
             on_budget_spend=alerter.on_budget_spend,
             dead_letter=settings.dead_letter_path,
+            # One spool folder per database, so rows never replay into another.
+            spool=Spool(settings.spool_dir / database_digest(settings.database_url)),
             batch_size=settings.recorder_batch_size,
             flush_interval=settings.recorder_flush_interval,
             max_pending=settings.recorder_queue_size,
@@ -158,6 +162,10 @@ class Gateway:
             self.spend.settle(ctx.reservation, ctx.cost)
             row["_limits"] = ctx.reservation.limits
         self.recorder.record(row)
+
+
+def database_digest(database_url: str) -> str:
+    return hashlib.sha256(database_url.encode()).hexdigest()[:16]
 
 
 def per_image_cost(entry: ModelEntry, body: dict[str, Any] | None) -> Decimal | None:

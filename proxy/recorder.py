@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,11 +25,12 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy import String
 
 from gateway_core.schema import usage_events
 from proxy.spend import SpendGuard
+from proxy.spool import Spool
 
 logger = logging.getLogger("gatewayz.recorder")
 
@@ -108,6 +110,7 @@ class UsageRecorder:
         max_pending: int = 10_000,
         retry_delay: float = 0.5,
         dead_letter: Path | None = None,
+        spool: Spool | None = None,
     ) -> None:
         self._pool = pool
         self._spend = spend
@@ -117,6 +120,10 @@ class UsageRecorder:
         self._max_pending = max_pending
         self._retry_delay = retry_delay
         self._dead_letter = dead_letter
+        self._spool = spool
+        # Set while Postgres is unreachable; batches then go to the spool.
+        self._database_down_since: float | None = None
+        self._last_attempt = 0.0
         self._pending: deque[dict[str, Any]] = deque()
         self._wakeup = asyncio.Event()
         self._capacity = asyncio.Event()
@@ -161,10 +168,21 @@ class UsageRecorder:
                 self._task.cancel()
                 rows = list(self._pending)
                 self._pending.clear()
-                self._set_aside(rows, "the database did not accept them before shutdown")
+                if rows and self._spool is not None:
+                    self._spool.append(rows)
+                    logger.warning("spooled %d usage rows at shutdown for replay", len(rows))
+                else:
+                    self._set_aside(rows, "the database did not accept them before shutdown")
+
+    @property
+    def database_down(self) -> bool:
+        return self._database_down_since is not None
 
     async def _run(self) -> None:
+        if self._spool is not None:
+            self._spool.reclaim_abandoned()
         while True:
+            await self._replay_spool()
             if not self._pending:
                 if self._closing:
                     return
@@ -173,6 +191,13 @@ class UsageRecorder:
                 self._wakeup.clear()
                 continue
             batch = [self._pending[i] for i in range(min(self._batch_size, len(self._pending)))]
+            now = time.monotonic()
+            if self.database_down and now - self._last_attempt < self._retry_delay:
+                if self._spool_batch(batch):
+                    continue
+                await asyncio.sleep(self._retry_delay)
+                continue
+            self._last_attempt = now
             try:
                 crossings = await self._write(batch)
             except (psycopg.DataError, psycopg.IntegrityError):
@@ -180,24 +205,88 @@ class UsageRecorder:
                 # one at a time so only that row is set aside.
                 logger.exception("a batch of %d usage rows was rejected", len(batch))
                 crossings = await self._write_one_by_one(batch)
+            except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
+                if not self.database_down:
+                    logger.error("Postgres is unreachable (%s); spooling usage rows", exc)
+                    self._database_down_since = now
+                if not self._spool_batch(batch):
+                    await asyncio.sleep(self._retry_delay)
+                continue
             except Exception:
                 # Rows stay queued and the same batch is retried; the
                 # ON CONFLICT clause makes a retry after a commit harmless.
                 logger.exception("writing %d usage rows failed; retrying", len(batch))
                 await asyncio.sleep(self._retry_delay)
                 continue
-            for _ in batch:
-                self._pending.popleft()
-            self.written += len(batch)
-            if self._spend is not None:
-                self._spend.committed(charges_by_key(batch))
-            if crossings and self._on_budget_spend is not None:
-                try:
-                    self._on_budget_spend(crossings)
-                except Exception:
-                    logger.exception("budget alert hook failed")
-            if len(self._pending) < self._max_pending:
-                self._capacity.set()
+            if self.database_down:
+                logger.info("Postgres is reachable again; replaying spooled usage rows")
+                self._database_down_since = None
+            self._done(batch, crossings)
+
+    def _done(self, batch: list[dict[str, Any]], crossings: list[BudgetCrossing]) -> None:
+        for _ in batch:
+            self._pending.popleft()
+        self.written += len(batch)
+        if self._spend is not None:
+            self._spend.committed(charges_by_key(batch))
+        if crossings and self._on_budget_spend is not None:
+            try:
+                self._on_budget_spend(crossings)
+            except Exception:
+                logger.exception("budget alert hook failed")
+        if len(self._pending) < self._max_pending:
+            self._capacity.set()
+
+    def _spool_batch(self, batch: list[dict[str, Any]]) -> bool:
+        """Move a batch from memory to the spool; False when there is no spool."""
+        if self._spool is None:
+            return False
+        try:
+            self._spool.append(batch)
+        except OSError:
+            logger.exception("spooling %d usage rows failed; keeping them in memory", len(batch))
+            return False
+        for _ in batch:
+            self._pending.popleft()
+        if len(self._pending) < self._max_pending:
+            self._capacity.set()
+        return True
+
+    async def _replay_spool(self) -> None:
+        if self._spool is None:
+            return
+        if self.database_down and time.monotonic() - self._last_attempt < self._retry_delay:
+            return
+        for path in self._spool.pending_files():
+            claimed = self._spool.claim(path)
+            if claimed is None:
+                continue
+            rows = self._spool.read(claimed)
+            self._last_attempt = time.monotonic()
+            try:
+                for start in range(0, len(rows), self._batch_size):
+                    chunk = rows[start : start + self._batch_size]
+                    crossings = await self._write(chunk)
+                    if self._spend is not None:
+                        self._spend.committed(charges_by_key(chunk))
+                    if crossings and self._on_budget_spend is not None:
+                        self._on_budget_spend(crossings)
+            except (psycopg.OperationalError, PoolTimeout, OSError):
+                self._spool.release(claimed)
+                if not self.database_down:
+                    self._database_down_since = time.monotonic()
+                return
+            except (psycopg.DataError, psycopg.IntegrityError):
+                logger.exception("spool file %s has rows Postgres rejects", claimed)
+                for row in rows:
+                    try:
+                        await self._write([row])
+                    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                        self._set_aside([row], str(exc))
+            claimed.unlink()
+            self._database_down_since = None
+            self.written += len(rows)
+            logger.info("replayed %d spooled usage rows from %s", len(rows), path.name)
 
     async def _write_one_by_one(self, batch: list[dict[str, Any]]) -> list[BudgetCrossing]:
         crossings: list[BudgetCrossing] = []
@@ -232,7 +321,7 @@ class UsageRecorder:
 
     async def _write(self, batch: list[dict[str, Any]]) -> list[BudgetCrossing]:
         """Write usage rows and, for rows new to the table, their charges; one transaction."""
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._pool.connection(timeout=5.0) as conn, conn.transaction():
             await conn.execute(_CREATE_STAGING)
             async with conn.cursor().copy(_COPY) as copy:
                 for row in batch:

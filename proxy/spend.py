@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from psycopg_pool import AsyncConnectionPool
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway_core.budgets import budget_limit_key, credit_limit_key, period_bounds
-from gateway_core.errors import InsufficientCreditsError
+from gateway_core.errors import InsufficientCreditsError, ServiceUnavailableError
 from proxy.context import KeyIdentity
 
 logger = logging.getLogger("gatewayz.spend")
@@ -158,7 +159,7 @@ class SpendGuard:
         await self._return_idle(force=True)
 
     async def refresh(self) -> None:
-        async with self._pool.connection() as conn:
+        async with self._pool.connection(timeout=5.0) as conn:
             budget_rows = await (await conn.execute(_LOAD_BUDGETS)).fetchall()
             metered_rows = await (await conn.execute(_LOAD_METERED)).fetchall()
             zone_rows = await (await conn.execute(_LOAD_ZONES)).fetchall()
@@ -205,7 +206,10 @@ class SpendGuard:
     async def reserve(self, identity: KeyIdentity, amount: Decimal) -> Reservation:
         """Reserve `amount` against every limit of the key, or raise 402 naming one."""
         if time.monotonic() - self._loaded_at > self._refresh_interval:
-            await self.refresh()
+            try:
+                await self.refresh()
+            except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
+                logger.warning("budget settings not reloaded (%s); using the last ones", exc)
         limits = self.limits_for(identity)
         taken: list[Limit] = []
         try:
@@ -214,7 +218,7 @@ class SpendGuard:
                 if state.available < amount:
                     async with state.lock:
                         if state.available < amount:
-                            await self._grow(limit, state, amount - state.available)
+                            await self._grow_or_fail(limit, state, amount - state.available)
                 if state.available < amount:
                     raise InsufficientCreditsError(
                         f"request needs up to ${amount:f} but the {limit.label} "
@@ -252,8 +256,21 @@ class SpendGuard:
                 state.leased -= cost
                 state.settled -= cost
 
+    async def _grow_or_fail(self, limit: Limit, state: LeaseState, shortfall: Decimal) -> None:
+        try:
+            await self._grow(limit, state, shortfall)
+        except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
+            # Fail closed: with the database away, only what is already
+            # leased in memory can be spent.
+            logger.warning("cannot lease more of %s: %s", limit.key, exc)
+            raise ServiceUnavailableError(
+                f"the {limit.label} cannot be checked because the gateway's database is "
+                "unavailable; retry shortly",
+                code="budget_unavailable",
+            ) from exc
+
     async def _grow(self, limit: Limit, state: LeaseState, shortfall: Decimal) -> None:
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self._pool.connection(timeout=5.0) as conn, conn.transaction():
             if limit.kind == "budget":
                 await conn.execute(_ENSURE_SPEND, (limit.budget_id, limit.period_start))
                 row = await (

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from psycopg_pool import AsyncConnectionPool
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway_core.catalog import Catalog, ModelEntry, ModelPrices
 from gateway_core.errors import NotFoundError
@@ -132,7 +133,7 @@ class ProviderRegistry:
 
     async def refresh(self) -> None:
         async with self._lock:
-            async with self._pool.connection() as conn:
+            async with self._pool.connection(timeout=5.0) as conn:
                 provider_rows = await (await conn.execute(_LOAD_PROVIDERS)).fetchall()
                 route_rows = await (await conn.execute(_LOAD_ROUTES)).fetchall()
                 price_rows = await (await conn.execute(_LOAD_PRICES)).fetchall()
@@ -212,7 +213,12 @@ class ProviderRegistry:
 
     async def _refresh_if_stale(self) -> None:
         if time.monotonic() - self._loaded_at > self._refresh_interval:
-            await self.refresh()
+            try:
+                await self.refresh()
+            except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
+                # Providers, aliases and prices keep their last loaded values.
+                self._loaded_at = time.monotonic()
+                logger.warning("provider settings not reloaded (%s); using the last ones", exc)
 
     async def resolve_all(
         self, model: str, identity: KeyIdentity, extra_models: list[str] | None = None
