@@ -49,6 +49,8 @@ class Settings:
     # Usage rows wait here (JSON lines, fsynced) while Postgres is unreachable.
     spool_dir: Path = DATA_DIR / "spool"
     log_level: str = "INFO"
+    # One JSON line per call on the gatewayz.access logger.
+    access_log: bool = False
     recorder_batch_size: int = 500
     recorder_flush_interval: float = 0.05
     recorder_queue_size: int = 10_000
@@ -89,6 +91,7 @@ class Settings:
                 or Path(env.get("GATEWAYZ_DATA_DIR") or DATA_DIR) / "spool"
             ),
             log_level=env.get("GATEWAYZ_LOG_LEVEL", "INFO").upper(),
+            access_log=env.get("GATEWAYZ_ACCESS_LOG", "").lower() in ("1", "true", "json"),
             lease_chunk_usd=Decimal(env.get("GATEWAYZ_LEASE_CHUNK_USD", "5")),
             circuit_failures=int(env.get("GATEWAYZ_CIRCUIT_FAILURES", "5")),
             circuit_cooldown=float(env.get("GATEWAYZ_CIRCUIT_COOLDOWN", "30")),

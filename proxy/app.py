@@ -18,12 +18,20 @@ from proxy import routes
 from proxy.context import CallContext
 from proxy.gateway import Gateway
 from proxy.key_info import key_info
+from proxy.metrics import metrics_endpoint
 from proxy.providers.base import ENDPOINT_PATHS
 from proxy.responses import JSONResponse, error_response
 
 
 async def health_live(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
+
+
+async def health_ready(request: Request) -> Response:
+    checks = await request.app.state.gateway.readiness()
+    ready = checks.get("postgres") == "ok"
+    status = "ready" if ready else "unavailable"
+    return JSONResponse({"status": status, "checks": checks}, status_code=200 if ready else 503)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -75,6 +83,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/v1/key", key_info, methods=["GET"]),
             Route("/v1/models/{model_id:path}", routes.retrieve_model, methods=["GET"]),
             Route("/health/live", health_live, methods=["GET"]),
+            Route("/health/ready", health_ready, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,

@@ -20,6 +20,7 @@ from proxy.admission import max_cost
 from proxy.auth import KeyVerifier
 from proxy.budget_alerts import BudgetAlerter
 from proxy.context import CallContext
+from proxy.metrics import observe
 from proxy.providers import ProviderRegistry, Route
 from proxy.ratelimit import RateLimitConfigCache, RateLimiter, create_backend
 from proxy.recorder import UsageRecorder
@@ -114,6 +115,21 @@ class Gateway:
             alerter,
         )
 
+    async def readiness(self) -> dict[str, str]:
+        """Check Postgres and, when configured, Redis; return each one's state."""
+        checks: dict[str, str] = {}
+        try:
+            async with self.pool.connection(timeout=2.0) as conn:
+                await conn.execute("SELECT 1")
+            checks["postgres"] = "ok"
+        except Exception as exc:
+            checks["postgres"] = f"unavailable: {type(exc).__name__}"
+        if self.settings.redis_url:
+            checks["redis"] = "degraded to per-process limits" if self.limiter.degraded else "ok"
+        if self.recorder.database_down:
+            checks["recorder"] = "spooling to disk"
+        return checks
+
     async def stop(self) -> None:
         await self.verifier.stop_listener()
         await self.registry.stop()
@@ -157,6 +173,7 @@ class Gateway:
             task = asyncio.create_task(self.limiter.release(ticket, ctx.usage.total_tokens))
             self.background.add(task)
             task.add_done_callback(self.background.discard)
+        observe(ctx, self.settings.access_log)
         row = ctx.usage_row()
         if ctx.reservation is not None:
             self.spend.settle(ctx.reservation, ctx.cost)

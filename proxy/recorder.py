@@ -174,6 +174,9 @@ class UsageRecorder:
                 else:
                     self._set_aside(rows, "the database did not accept them before shutdown")
 
+    def spooled_rows(self) -> int:
+        return self._spool.size() if self._spool is not None else 0
+
     @property
     def database_down(self) -> bool:
         return self._database_down_since is not None

@@ -42,6 +42,7 @@ def proxy(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         GATEWAYZ_UPSTREAM_MAX_RETRIES="0",
         GATEWAYZ_CIRCUIT_FAILURES="1000",
         GATEWAYZ_MAX_BODY_BYTES=str(64 * 1024),
+        GATEWAYZ_ACCESS_LOG="json",
         FAKE_PROVIDER_KEY=PROVIDER_KEY,
     )
     process = ProxyProcess(env, tmp_path_factory.mktemp("proxy") / "proxy.log")
@@ -414,3 +415,32 @@ def test_authorization_without_bearer_explained(proxy: ProxyProcess, live_key) -
     )
     assert response.status_code == 401
     assert "Bearer" in response.json()["error"]["message"]
+
+
+def test_health_metrics_and_access_log(
+    proxy: ProxyProcess, live_key: keys.IssuedKey, engine: Engine
+) -> None:
+    import json
+
+    ready = httpx.get(proxy.base_url + "/health/ready")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["postgres"] == "ok"
+    response = post_chat(proxy, CHAT, live_key.secret)
+    request_id = response.headers["x-request-id"]
+    usage_row(engine, request_id)
+    metrics = httpx.get(proxy.base_url + "/metrics").text
+    line = 'gatewayz_requests_total{endpoint="chat",provider="sandbox",status_class="2xx"}'
+    assert line in metrics
+    assert "gatewayz_request_duration_seconds_bucket" in metrics
+    assert "gatewayz_recorder_queue_rows" in metrics
+    assert live_key.secret not in metrics
+    logged = []
+    for text_line in proxy.logs().splitlines():
+        start = text_line.find("{")
+        if "gatewayz.access" in text_line and start >= 0:
+            logged.append(json.loads(text_line[start:]))
+    mine = [entry for entry in logged if entry["request_id"] == request_id]
+    assert len(mine) == 1
+    assert mine[0]["status"] == 200
+    assert mine[0]["key_id"] == live_key.id
+    assert mine[0]["model"] == "sandbox/echo"
