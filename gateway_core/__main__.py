@@ -11,7 +11,7 @@ from decimal import Decimal
 
 from sqlalchemy import Connection
 
-from gateway_core import directory, keys, ledger, providers
+from gateway_core import cli_admin, directory, keys, ledger, providers, provisioning
 from gateway_core.config import ConfigError, Settings
 from gateway_core.db import get_engine, migrate
 from gateway_core.errors import GatewayError, InvalidRequestError, NotFoundError
@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     key_create.add_argument("--team", required=True, help="name of the team that owns the key")
     key_create.add_argument("--org", default=directory.DEFAULT_ORGANIZATION, help="organization")
     key_create.add_argument("--name", default="default", help="label shown in the app")
+    key_create.add_argument("--project", help="project name within the team")
+    key_create.add_argument("--credit-limit", type=cli_admin.usd, help="lifetime spend limit, USD")
+    cli_admin.add_rate_limit_options(key_create)
     key_create.add_argument(
         "--test",
         action="store_true",
@@ -67,8 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
     provider_add.add_argument(
         "--api-key-env", help="environment variable that holds the provider's API key"
     )
+    provider_add.add_argument(
+        "--kind",
+        choices=sorted(providers.PROVIDER_KINDS),
+        default="openai-compatible",
+        help="wire format of the provider (default openai-compatible)",
+    )
+    provider_add.add_argument("--api-version", help="Azure OpenAI api-version")
+    provider_add.add_argument("--connect-timeout", type=float, help="seconds to connect")
+    provider_add.add_argument(
+        "--read-timeout", type=float, help="seconds to wait for the first byte and between chunks"
+    )
+    provider_add.add_argument("--total-timeout", type=float, help="seconds for a whole call")
+    provider_add.add_argument("--max-retries", type=int, help="retries before a fallback")
     provider_commands.add_parser("list", help="list providers")
     add_credits_parser(commands)
+    cli_admin.add_parsers(commands)
     return parser
 
 
@@ -176,14 +193,30 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         elif args.command == "teams":
             for team in directory.list_teams(conn):
                 print(f"{team.id}\t{team.name}")
+        elif args.command in ("orgs", "projects", "budgets", "limits"):
+            return cli_admin.run(args, conn)
         elif args.command == "keys" and args.action == "create":
             team = directory.get_team(conn, args.team, args.org)
-            issued = keys.create_key(
+            project_id = None
+            if args.project:
+                matches = [
+                    p for p in directory.list_projects(conn, team.id) if p.name == args.project
+                ]
+                if not matches:
+                    raise InvalidRequestError(f"no project {args.project!r} in team {team.name!r}")
+                project_id = matches[0].id
+            issued = provisioning.issue_key(
                 conn,
                 settings.secret,
                 team_id=team.id,
+                project_id=project_id,
                 name=args.name,
                 mode="test" if args.test else "live",
+                requests_per_minute=args.rpm,
+                requests_per_day=args.rpd,
+                tokens_per_minute=args.tpm,
+                max_concurrent=args.concurrent,
+                credit_limit=args.credit_limit,
                 created_by="cli",
             )
             print(f"created key id {issued.id} for team {team.name!r}; it is shown only once:")
@@ -199,11 +232,23 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"key {args.key_id} was already revoked")
         elif args.command == "providers" and args.action == "add":
             providers.upsert_provider(
-                conn, name=args.name, base_url=args.base_url, api_key_env=args.api_key_env
+                conn,
+                name=args.name,
+                base_url=args.base_url,
+                api_key_env=args.api_key_env,
+                kind=args.kind,
+                api_version=args.api_version,
+                connect_timeout=args.connect_timeout,
+                read_timeout=args.read_timeout,
+                total_timeout=args.total_timeout,
+                max_retries=args.max_retries,
             )
             print(f"provider {args.name!r} now forwards to {args.base_url}")
         elif args.command == "providers":
-            for provider in providers.list_providers(conn):
+            configured = providers.list_providers(conn)
+            if not configured:
+                print("no providers configured; add one with `providers add`")
+            for provider in configured:
                 print(f"{provider.name}\t{provider.kind}\t{provider.base_url}")
     return 0
 
