@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from decimal import Decimal
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +50,8 @@ class Settings:
     # Usage rows wait here (JSON lines, fsynced) while Postgres is unreachable.
     spool_dir: Path = DATA_DIR / "spool"
     log_level: str = "INFO"
+    # Networks of reverse proxies whose X-Forwarded-For header is believed.
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
     # One JSON line per call on the gatewayz.access logger.
     access_log: bool = False
     recorder_batch_size: int = 500
@@ -91,12 +94,26 @@ class Settings:
                 or Path(env.get("GATEWAYZ_DATA_DIR") or DATA_DIR) / "spool"
             ),
             log_level=env.get("GATEWAYZ_LOG_LEVEL", "INFO").upper(),
+            trusted_proxies=parse_trusted_proxies(env.get("GATEWAYZ_TRUSTED_PROXIES", "")),
             access_log=env.get("GATEWAYZ_ACCESS_LOG", "").lower() in ("1", "true", "json"),
             lease_chunk_usd=Decimal(env.get("GATEWAYZ_LEASE_CHUNK_USD", "5")),
             circuit_failures=int(env.get("GATEWAYZ_CIRCUIT_FAILURES", "5")),
             circuit_cooldown=float(env.get("GATEWAYZ_CIRCUIT_COOLDOWN", "30")),
             provider_refresh_interval=float(env.get("GATEWAYZ_PROVIDER_REFRESH_INTERVAL", "2")),
         )
+
+
+def parse_trusted_proxies(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    networks = []
+    for part in text.split(","):
+        if part.strip():
+            try:
+                networks.append(ip_network(part.strip(), strict=False))
+            except ValueError as exc:
+                raise ConfigError(
+                    f"GATEWAYZ_TRUSTED_PROXIES has an invalid network {part.strip()!r}"
+                ) from exc
+    return tuple(networks)
 
 
 def sqlalchemy_url(database_url: str) -> str:

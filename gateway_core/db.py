@@ -27,5 +27,5 @@ def alembic_config(database_url: str) -> Config:
 
 
 def migrate(database_url: str) -> None:
-    """Apply every Alembic migration that the database has not had yet."""
-    command.upgrade(alembic_config(database_url), "head")
+    """Apply every Alembic migration that the database has not had yet, on every branch."""
+    command.upgrade(alembic_config(database_url), "heads")

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, insert, select, text, update
 
@@ -140,3 +142,106 @@ def list_keys(conn: Connection, team_id: int | None = None) -> list[KeySummary]:
     if team_id is not None:
         query = query.where(api_keys.c.team_id == team_id)
     return [KeySummary(**row._mapping) for row in conn.execute(query)]
+
+
+# Fields of set_key_policy and the api_keys columns they write.
+POLICY_FIELDS = (
+    "expires_at",
+    "allowed_models",
+    "allowed_endpoints",
+    "allowed_ips",
+    "allowed_referrers",
+    "tags",
+    "metadata",
+)
+ENDPOINTS = frozenset({"chat", "completions", "embeddings", "images", "responses", "messages"})
+
+
+def check_policy(values: dict[str, Any]) -> dict[str, Any]:
+    """Validate key restrictions; raise InvalidRequestError naming the bad value."""
+    unknown = set(values) - set(POLICY_FIELDS)
+    if unknown:
+        raise InvalidRequestError(f"unknown key settings: {', '.join(sorted(unknown))}")
+    checked = dict(values)
+    expires_at = checked.get("expires_at")
+    if expires_at is not None and (
+        not isinstance(expires_at, datetime) or expires_at.tzinfo is None
+    ):
+        raise InvalidRequestError("expires_at must be a datetime with a time zone")
+    endpoints = checked.get("allowed_endpoints")
+    if endpoints is not None:
+        bad = set(endpoints) - ENDPOINTS
+        if bad:
+            raise InvalidRequestError(
+                f"unknown endpoints {sorted(bad)}; use {', '.join(sorted(ENDPOINTS))}",
+                param="allowed_endpoints",
+            )
+    networks = checked.get("allowed_ips")
+    if networks is not None:
+        try:
+            checked["allowed_ips"] = [
+                str(ipaddress.ip_network(value, strict=False)) for value in networks
+            ]
+        except ValueError as exc:
+            raise InvalidRequestError(f"invalid network: {exc}", param="allowed_ips") from exc
+    referrers = checked.get("allowed_referrers")
+    if referrers is not None:
+        checked["allowed_referrers"] = [value.strip().lower() for value in referrers]
+    if "tags" in checked and checked["tags"] is None:
+        checked["tags"] = []
+    if "metadata" in checked:
+        metadata = checked["metadata"] or {}
+        if not isinstance(metadata, dict):
+            raise InvalidRequestError("metadata must be an object", param="metadata")
+        checked["metadata"] = metadata
+    return checked
+
+
+def set_key_policy(conn: Connection, key_id: int, **values: Any) -> None:
+    """Change a key's restrictions; proxy workers drop their cached copy at commit."""
+    checked = check_policy(values)
+    key_hash = conn.execute(
+        update(api_keys)
+        .where(api_keys.c.id == key_id)
+        .values(**checked)
+        .returning(api_keys.c.key_hash)
+    ).scalar_one_or_none()
+    if key_hash is None:
+        raise NotFoundError(f"no API key with id {key_id}")
+    conn.execute(
+        text("SELECT pg_notify(:channel, :payload)"),
+        {"channel": REVOCATION_CHANNEL, "payload": key_hash.hex()},
+    )
+
+
+def rotate_key(
+    conn: Connection,
+    secret: bytes,
+    key_id: int,
+    *,
+    grace: timedelta = timedelta(hours=24),
+    created_by: str | None = None,
+) -> IssuedKey:
+    """Issue a replacement key with the same settings; the old one works until the grace ends."""
+    old = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).first()
+    if old is None:
+        raise NotFoundError(f"no API key with id {key_id}")
+    if old.revoked_at is not None:
+        raise InvalidRequestError(f"API key {key_id} is revoked and cannot be rotated")
+    issued = create_key(
+        conn,
+        secret,
+        team_id=old.team_id,
+        name=old.name,
+        mode=old.mode,
+        created_by=created_by,
+        project_id=old.project_id,
+    )
+    copied = {field: getattr(old, field) for field in POLICY_FIELDS}
+    conn.execute(
+        update(api_keys).where(api_keys.c.id == issued.id).values(rotated_from=key_id, **copied)
+    )
+    grace_end = datetime.now(UTC) + grace
+    if old.expires_at is None or old.expires_at > grace_end:
+        set_key_policy(conn, key_id, expires_at=grace_end)
+    return issued

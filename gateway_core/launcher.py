@@ -163,7 +163,10 @@ def run(start_app: bool = True) -> int:
         password = ensure_first_admin(conn)
 
     python = sys.executable
+    # --no-proxy-headers: the proxy applies GATEWAYZ_TRUSTED_PROXIES itself;
+    # uvicorn's default would believe X-Forwarded-For from any local process.
     proxy_command = [python, "-m", "uvicorn", "proxy.app:create_app", "--factory"]
+    proxy_command += ["--no-proxy-headers"]
     proxy_command += ["--host", settings.proxy_host, "--port", str(settings.proxy_port)]
     processes = [spawn(proxy_command, env)]
     stopping = False

@@ -27,6 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
+from sqlalchemy.dialects.postgresql import CIDR, JSONB
 
 metadata = MetaData()
 
@@ -106,6 +107,17 @@ api_keys = Table(
     Column("created_by", String(100)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("revoked_at", DateTime(timezone=True)),
+    # Restrictions; NULL means no restriction of that kind.
+    Column("expires_at", DateTime(timezone=True)),
+    # Model ids, aliases or glob patterns such as "anthropic/*".
+    Column("allowed_models", ARRAY(Text)),
+    Column("allowed_endpoints", ARRAY(Text)),
+    Column("allowed_ips", ARRAY(CIDR)),
+    Column("allowed_referrers", ARRAY(Text)),
+    Column("tags", ARRAY(Text), nullable=False, server_default="{}"),
+    Column("metadata", JSONB, nullable=False, server_default="{}"),
+    # The key this one replaced by rotation.
+    Column("rotated_from", BigInteger),
     CheckConstraint("mode IN ('live', 'test')", name="ck_api_keys_mode"),
 )
 
@@ -184,6 +196,9 @@ usage_events = Table(
     Column("latency_ms", Integer, nullable=False),
     Column("ttft_ms", Integer),
     Column("attempts", Integer, nullable=False, server_default="0"),
+    # The key's tags and metadata at the time of the call.
+    Column("key_tags", ARRAY(Text), nullable=False, server_default="{}"),
+    Column("key_metadata", JSONB, nullable=False, server_default="{}"),
 )
 
 Index("ix_usage_events_created_at", usage_events.c.created_at)

@@ -12,6 +12,7 @@ import contextlib
 import hmac
 import logging
 import time
+from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -23,12 +24,14 @@ from gateway_core.errors import (
 )
 from gateway_core.keys import REVOCATION_CHANNEL, hash_key, looks_like_key
 from proxy.context import KeyIdentity
+from proxy.key_policy import KeyPolicy, parse_networks
 
 logger = logging.getLogger("gatewayz.auth")
 
 _LOOKUP = (
     "SELECT k.id, k.team_id, t.organization_id, k.mode, k.project_id, "
-    "k.revoked_at IS NOT NULL, k.key_hash "
+    "k.revoked_at IS NOT NULL, k.key_hash, k.expires_at, k.allowed_models, "
+    "k.allowed_endpoints, k.allowed_ips::text[], k.allowed_referrers, k.tags, k.metadata "
     "FROM api_keys k JOIN teams t ON t.id = k.team_id WHERE k.key_hash = %s"
 )
 
@@ -47,6 +50,19 @@ def bearer_token(authorization: str | None, api_key_header: str | None) -> str:
         return api_key_header.strip()
     raise AuthenticationError(
         "missing API key: send it as 'Authorization: Bearer gw_...'", code="missing_api_key"
+    )
+
+
+def policy_of(row: Any) -> KeyPolicy:
+    expires_at, models, endpoints, networks, referrers, tags, metadata = row[7:14]
+    return KeyPolicy(
+        expires_at=expires_at,
+        allowed_models=tuple(models) if models is not None else None,
+        allowed_endpoints=frozenset(endpoints) if endpoints is not None else None,
+        allowed_networks=parse_networks(networks),
+        allowed_referrers=tuple(r.lower() for r in referrers) if referrers is not None else None,
+        tags=tuple(tags or ()),
+        metadata=dict(metadata or {}),
     )
 
 
@@ -94,8 +110,8 @@ class KeyVerifier:
         if row is None or not hmac.compare_digest(bytes(row[6]), digest):
             self._cache.pop(digest, None)
             raise AuthenticationError("invalid API key", code="invalid_api_key")
-        key_id, team_id, organization_id, mode, project_id, revoked, _ = row
-        identity = KeyIdentity(key_id, team_id, organization_id, mode, project_id)
+        key_id, team_id, organization_id, mode, project_id, revoked = row[:6]
+        identity = KeyIdentity(key_id, team_id, organization_id, mode, project_id, policy_of(row))
         if revoked:
             self._cache.pop(digest, None)
             error = PermissionDeniedError(

@@ -9,7 +9,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from psycopg.types.json import Jsonb
+
 from gateway_core.pricing import TokenUsage
+from proxy.key_policy import KeyPolicy
 
 if TYPE_CHECKING:
     from proxy.ratelimit import RateLimitTicket
@@ -25,6 +28,7 @@ class KeyIdentity:
     organization_id: int
     mode: str
     project_id: int | None = None
+    policy: KeyPolicy = field(default_factory=KeyPolicy)
 
     @property
     def is_test(self) -> bool:
@@ -97,4 +101,6 @@ class CallContext:
             "latency_ms": round((finished - self.started) * 1000),
             "ttft_ms": ttft_ms,
             "attempts": self.attempts,
+            "key_tags": list(identity.policy.tags) if identity else [],
+            "key_metadata": Jsonb(identity.policy.metadata) if identity else Jsonb({}),
         }

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy import String
 
@@ -57,6 +58,8 @@ COLUMNS = (
     "latency_ms",
     "ttft_ms",
     "attempts",
+    "key_tags",
+    "key_metadata",
 )
 _COLUMN_LIST = ", ".join(COLUMNS)
 # Maximum lengths of the text columns, from gateway_core/schema.py.
@@ -311,6 +314,8 @@ class UsageRecorder:
         with self._dead_letter.open("ab") as handle:
             for row in rows:
                 public = {k: v for k, v in row.items() if not k.startswith("_")}
+                if isinstance(public.get("key_metadata"), Jsonb):
+                    public["key_metadata"] = public["key_metadata"].obj
                 handle.write(orjson.dumps(public, default=str) + b"\n")
             handle.flush()
             os.fsync(handle.fileno())

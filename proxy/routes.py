@@ -36,6 +36,7 @@ from proxy.admission import output_limit
 from proxy.auth import bearer_token
 from proxy.context import CallContext, KeyIdentity
 from proxy.gateway import Gateway
+from proxy.key_policy import check_access, client_address, referrer_host
 from proxy.providers import Route
 from proxy.providers.base import EventStream, UpstreamRequest
 from proxy.providers.sandbox import SANDBOX_MODELS
@@ -52,6 +53,7 @@ from proxy.translate.anthropic import (
 logger = logging.getLogger("gatewayz.proxy")
 
 COST_HEADER = "x-gatewayz-cost-usd"
+READ_ENDPOINTS = frozenset({"models", "key"})
 # Client headers passed on to providers that understand them.
 FORWARDED_HEADERS = ("anthropic-beta", "anthropic-version", "openai-beta")
 
@@ -65,12 +67,26 @@ async def authenticate(
 ) -> KeyIdentity:
     token = bearer_token(request.headers.get("authorization"), request.headers.get("x-api-key"))
     try:
-        return await gateway.verifier.verify(token)
+        identity = await gateway.verifier.verify(token)
     except PermissionDeniedError as error:
         # A revoked key is still known: its rejected calls are recorded against it.
         if ctx is not None and isinstance(error.identity, KeyIdentity):
             ctx.identity = error.identity
         raise
+    if ctx is not None:
+        ctx.identity = identity
+    peer = request.client.host if request.client else None
+    check_access(
+        identity.policy,
+        identity.key_id,
+        # Reading the model list or the key's own limits is always allowed.
+        endpoint=ctx.endpoint if ctx is not None and ctx.endpoint not in READ_ENDPOINTS else None,
+        address=client_address(
+            peer, request.headers.get("x-forwarded-for"), gateway.settings.trusted_proxies
+        ),
+        referrer=referrer_host(request.headers.get("referer"), request.headers.get("origin")),
+    )
+    return identity
 
 
 async def read_json_object(request: Request, limit: int) -> tuple[dict[str, Any], int]:
@@ -160,6 +176,21 @@ def validate_common(body: dict[str, Any]) -> None:
             raise InvalidRequestError(
                 f"'{field}' must be an integer from {low} to {high}, got {value!r}", param=field
             )
+
+
+def allowed_routes(identity: KeyIdentity, requested: str, routes: list[Route]) -> list[Route]:
+    """Drop routes the key may not use; reject the call if the requested model is one."""
+    policy = identity.policy
+    if policy.allowed_models is None:
+        return routes
+    if not policy.allows_model(requested, routes[0].model_id):
+        raise PermissionDeniedError(
+            f"API key {identity.key_id} may not use model {requested!r}; it is limited to "
+            + ", ".join(policy.allowed_models),
+            code="model_not_allowed",
+            param="model",
+        )
+    return [routes[0]] + [r for r in routes[1:] if policy.allows_model(r.model_id)]
 
 
 def check_output_limit(body: dict[str, Any], routes: list[Route]) -> None:
@@ -343,6 +374,7 @@ async def handle_call(request: Request, api: Endpoint) -> Response:
         ctx.model = body["model"]
         ctx.stream = body.get("stream", False)
         routes = await gateway.registry.resolve_all(body["model"], ctx.identity, body.get("models"))
+        routes = allowed_routes(ctx.identity, body["model"], routes)
         check_output_limit(body, routes)
         await gateway.recorder.wait_for_capacity()
         reserve = max(gateway.max_cost(route, body, size) for route in routes)
@@ -462,6 +494,8 @@ def visible_models(gateway: Gateway, identity: KeyIdentity) -> list[dict[str, An
             models.append(model_object(entry.id, entry.provider))
     for alias, target in sorted(gateway.registry.aliases().items()):
         models.append(model_object(alias, target.partition("/")[0]))
+    if identity.policy.allowed_models is not None:
+        models = [m for m in models if identity.policy.allows_model(m["id"])]
     return models
 
 

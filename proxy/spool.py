@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from psycopg.types.json import Jsonb
 
 from proxy.spend import Limit
 
@@ -28,6 +29,8 @@ _DATETIME_FIELDS = ("created_at",)
 
 def _encode(row: dict[str, Any]) -> bytes:
     data = dict(row)
+    if isinstance(data.get("key_metadata"), Jsonb):
+        data["key_metadata"] = data["key_metadata"].obj
     data["_limits"] = [
         {
             "key": limit.key,
@@ -55,6 +58,7 @@ def _decode(line: bytes) -> dict[str, Any]:
         item["period_start"] = datetime.fromisoformat(start) if start else None
         limits.append(Limit(**item))
     row["_limits"] = tuple(limits)
+    row["key_metadata"] = Jsonb(row.get("key_metadata") or {})
     return row
 
 

@@ -24,6 +24,7 @@ class ProxyProcess:
             "uvicorn",
             "proxy.app:create_app",
             "--factory",
+            "--no-proxy-headers",
             "--host",
             "127.0.0.1",
             "--port",
