@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import os
 import sys
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from decimal import Decimal
 
 from sqlalchemy import Connection
 
-from gateway_core import cli_admin, directory, keys, ledger, providers, provisioning
+from gateway_core import audit, cli_admin, directory, keys, ledger, providers, provisioning
 from gateway_core.config import ConfigError, Settings
 from gateway_core.db import get_engine, migrate
 from gateway_core.errors import GatewayError, InvalidRequestError, NotFoundError
@@ -182,9 +183,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+# Actions that only read; every other command is written to the audit log.
+READ_ONLY_ACTIONS = frozenset({"list", "balance", "history", "verify", "export"})
+
+
+def audit_command(conn: Connection, args: argparse.Namespace) -> None:
+    """Record a command that changed something, in the same transaction as the change."""
+    if args.command == "audit" or getattr(args, "action", None) in READ_ONLY_ACTIONS:
+        return
+    details = {
+        name: value
+        for name, value in vars(args).items()
+        if name not in ("command", "action") and value is not None
+    }
+    audit.record(
+        conn,
+        actor=f"cli:{getpass.getuser()}",
+        action=f"{args.command}.{args.action}",
+        object_type=args.command,
+        after=details,
+    )
+
+
 def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     engine = get_engine(settings.database_url)
+    if args.command == "audit":
+        return cli_admin.run_audit(args, engine)
     with engine.begin() as conn:
+        audit_command(conn, args)
         if args.command == "credits":
             return run_credits_command(args, conn)
         if args.command == "teams" and args.action == "create":

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import sys
 from decimal import Decimal, InvalidOperation
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine, func, select
 
-from gateway_core import budgets, directory, limits_admin, provisioning
+from gateway_core import audit, budgets, directory, limits_admin, provisioning
 from gateway_core.errors import InvalidRequestError
-from gateway_core.schema import SCOPE_TYPES
+from gateway_core.schema import SCOPE_TYPES, audit_log
 
 OPERATOR_ROLE = "owner"
 
@@ -66,6 +68,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     add_rate_limit_options(limit_set)
     limit_commands.add_parser("list", help="list rate limits")
 
+    audit_parser = commands.add_parser("audit", help="verify and export the audit log")
+    audit_commands = audit_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    audit_commands.add_parser("verify", help="check the hash chain; exit 1 where it breaks")
+    audit_export = audit_commands.add_parser("export", help="write the audit log as CSV")
+    audit_export.add_argument("--out", default="-", help="file to write (default stdout)")
+
 
 def add_scope(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scope", choices=SCOPE_TYPES, required=True)
@@ -77,6 +85,30 @@ def add_rate_limit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rpd", type=int, help="requests per day (UTC days)")
     parser.add_argument("--tpm", type=int, help="tokens per minute")
     parser.add_argument("--concurrent", type=int, help="requests in flight at once")
+
+
+def run_audit(args: argparse.Namespace, engine: Engine) -> int:
+    with engine.connect() as conn:
+        if args.action == "verify":
+            breaks = audit.verify_chain(conn)
+            for item in breaks:
+                print(f"entry {item.entry_id}: {item.reason}", file=sys.stderr)
+            if breaks:
+                return 1
+            count = conn.execute(select(func.count()).select_from(audit_log)).scalar_one()
+            print(f"audit log intact: {count} entries")
+            return 0
+        handle = sys.stdout if args.out == "-" else open(args.out, "w", newline="")  # noqa: SIM115
+        try:
+            writer = csv.writer(handle)
+            columns = [column.name for column in audit_log.columns]
+            writer.writerow(columns)
+            for row in conn.execute(select(audit_log).order_by(audit_log.c.id)):
+                writer.writerow(list(row))
+        finally:
+            if handle is not sys.stdout:
+                handle.close()
+    return 0
 
 
 def run(args: argparse.Namespace, conn: Connection) -> int:

@@ -351,3 +351,21 @@ rate_limit_windows = Table(
 )
 
 Index("ix_rate_limit_windows_window_end", rate_limit_windows.c.window_end)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(100), nullable=False),
+    Column("object_type", String(50), nullable=False),
+    Column("object_id", String(200)),
+    Column("before", JSONB),
+    Column("after", JSONB),
+    Column("client_address", String(64)),
+    # SHA-256 chain: entry_hash covers this entry's fields and previous_hash.
+    Column("previous_hash", String(64), nullable=False),
+    Column("entry_hash", String(64), nullable=False),
+)
+Index("ix_audit_log_created_at", audit_log.c.created_at)
