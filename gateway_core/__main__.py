@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="openai-compatible",
         help="wire format of the provider (default openai-compatible)",
     )
+    provider_add.add_argument(
+        "--api-key-stdin",
+        action="store_true",
+        help="read the provider's API key from standard input and store it encrypted",
+    )
     provider_add.add_argument("--api-version", help="Azure OpenAI api-version")
     provider_add.add_argument("--connect-timeout", type=float, help="seconds to connect")
     provider_add.add_argument(
@@ -85,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     provider_add.add_argument("--total-timeout", type=float, help="seconds for a whole call")
     provider_add.add_argument("--max-retries", type=int, help="retries before a fallback")
     provider_commands.add_parser("list", help="list providers")
+    secrets_parser = commands.add_parser("secrets", help="rotate the encryption of stored secrets")
+    secrets_commands = secrets_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    secrets_commands.add_parser(
+        "rotate",
+        help="re-encrypt provider keys and webhook secrets under GATEWAYZ_ENCRYPTION_KEY, "
+        "reading old ones with GATEWAYZ_OLD_ENCRYPTION_KEYS",
+    )
     add_credits_parser(commands)
     cli_admin.add_parsers(commands)
     return parser
@@ -219,6 +231,11 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         elif args.command == "teams":
             for team in directory.list_teams(conn):
                 print(f"{team.id}\t{team.name}")
+        elif args.command == "secrets":
+            count = providers.rotate_secrets(
+                conn, settings.encryption_key, settings.old_encryption_keys
+            )
+            print(f"re-encrypted {count} stored secrets under the current encryption key")
         elif args.command in ("orgs", "projects", "budgets", "limits"):
             return cli_admin.run(args, conn)
         elif args.command == "keys" and args.action == "create":
@@ -268,6 +285,8 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 read_timeout=args.read_timeout,
                 total_timeout=args.total_timeout,
                 max_retries=args.max_retries,
+                api_key=sys.stdin.readline().strip() if args.api_key_stdin else None,
+                encryption_key=settings.encryption_key,
             )
             print(f"provider {args.name!r} now forwards to {args.base_url}")
         elif args.command == "providers":

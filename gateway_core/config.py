@@ -26,6 +26,10 @@ class Settings:
     # Server secret for HMAC-SHA256 of API keys; at least 32 bytes.
     secret: bytes = field(repr=False)
     redis_url: str | None = None
+    # Key for encrypting provider keys and webhook secrets at rest; defaults
+    # to the server secret. Older keys still decrypt until `secrets rotate`.
+    encryption_key: bytes = field(default=b"", repr=False)
+    old_encryption_keys: tuple[bytes, ...] = field(default=(), repr=False)
     proxy_host: str = "127.0.0.1"
     proxy_port: int = 8000
     app_port: int = 8501
@@ -58,6 +62,10 @@ class Settings:
     recorder_flush_interval: float = 0.05
     recorder_queue_size: int = 10_000
 
+    def __post_init__(self) -> None:
+        if not self.encryption_key:
+            object.__setattr__(self, "encryption_key", self.secret)
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
@@ -77,6 +85,12 @@ class Settings:
             database_url=database_url,
             secret=secret.encode(),
             redis_url=env.get("REDIS_URL") or None,
+            encryption_key=(env.get("GATEWAYZ_ENCRYPTION_KEY") or secret).encode(),
+            old_encryption_keys=tuple(
+                part.strip().encode()
+                for part in env.get("GATEWAYZ_OLD_ENCRYPTION_KEYS", "").split(",")
+                if part.strip()
+            ),
             proxy_host=env.get("GATEWAYZ_PROXY_HOST", "127.0.0.1"),
             proxy_port=int(env.get("GATEWAYZ_PROXY_PORT", "8000")),
             app_port=int(env.get("GATEWAYZ_APP_PORT", "8501")),

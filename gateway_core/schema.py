@@ -132,6 +132,9 @@ providers = Table(
     # Name of the environment variable that holds the provider's API key,
     # so the key itself never reaches the database.
     Column("api_key_env", String(128)),
+    # The provider's API key encrypted with gateway_core.secret_box; used
+    # when set, instead of api_key_env.
+    Column("api_key_encrypted", Text),
     Column("enabled", Boolean, nullable=False, server_default="true"),
     # Azure OpenAI's api-version query parameter; unused by other kinds.
     Column("api_version", String(32)),

@@ -49,7 +49,7 @@ class BudgetAlerter:
                 with engine.begin() as conn:
                     sent = alerts.notify_budget(
                         conn,
-                        self._settings.secret,
+                        self._settings.encryption_key,
                         crossing.budget_id,
                         period_start=crossing.period_start,
                         spent_before=crossing.spent_before,

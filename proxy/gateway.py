@@ -13,6 +13,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 from psycopg_pool import AsyncConnectionPool
 
+from gateway_core import secret_box
 from gateway_core.catalog import Catalog, ModelEntry, load_catalog
 from gateway_core.config import Settings, libpq_url
 from gateway_core.pricing import TokenUsage, compute_cost
@@ -69,7 +70,14 @@ class Gateway:
         verifier = KeyVerifier(pool, settings.secret, ttl=settings.key_cache_ttl)
         verifier.start_listener(conninfo)
         registry = ProviderRegistry(
-            pool, transport, timeout, catalog, refresh_interval=settings.provider_refresh_interval
+            pool,
+            transport,
+            timeout,
+            catalog,
+            refresh_interval=settings.provider_refresh_interval,
+            decrypt=lambda token: secret_box.decrypt(
+                settings.encryption_key, token, settings.old_encryption_keys
+            ),
         )
         await registry.refresh()
         registry.start()

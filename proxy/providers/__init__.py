@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway_core.catalog import Catalog, ModelEntry, ModelPrices
 from gateway_core.errors import NotFoundError
+from gateway_core.secret_box import SecretBoxError
 from proxy.context import KeyIdentity
 from proxy.providers.anthropic import AnthropicProvider
 from proxy.providers.azure import AzureOpenAIProvider
@@ -34,7 +35,7 @@ logger = logging.getLogger("gatewayz.providers")
 
 _LOAD_PROVIDERS = (
     "SELECT name, kind, base_url, api_key_env, api_version, connect_timeout, read_timeout, "
-    "total_timeout, max_retries FROM providers WHERE enabled"
+    "total_timeout, max_retries, api_key_encrypted FROM providers WHERE enabled"
 )
 _LOAD_ROUTES = "SELECT name, target, fallbacks FROM model_routes"
 _LOAD_PRICES = (
@@ -99,12 +100,14 @@ class ProviderRegistry:
         default_timeout: httpx.Timeout,
         catalog: Catalog,
         refresh_interval: float = 2.0,
+        decrypt: Callable[[str], str] | None = None,
     ) -> None:
         self._pool = pool
         self._transport = transport
         self._default_timeout = default_timeout
         self.catalog = catalog
         self._refresh_interval = refresh_interval
+        self._decrypt = decrypt
         self.sandbox = SandboxProvider()
         self._providers: dict[str, Provider] = {"sandbox": self.sandbox}
         self._specs: dict[str, ProviderSpec] = {}
@@ -157,8 +160,8 @@ class ProviderRegistry:
         providers: dict[str, Provider] = {"sandbox": self.sandbox}
         specs: dict[str, ProviderSpec] = {}
         for row in rows:
-            name, kind, base_url, api_key_env, api_version, connect, read, total, retries = row
-            api_key = os.environ.get(api_key_env) if api_key_env else None
+            name, kind, base_url, api_key_env, api_version, connect, read, total, retries = row[:9]
+            api_key = self._provider_key(name, api_key_env, row[9])
             spec = ProviderSpec(
                 name,
                 kind,
@@ -186,6 +189,21 @@ class ProviderRegistry:
             providers[name] = provider
         self._providers = providers
         self._specs = specs
+
+    def _provider_key(
+        self, name: str, api_key_env: str | None, encrypted: str | None
+    ) -> str | None:
+        if encrypted and self._decrypt is not None:
+            try:
+                return self._decrypt(encrypted)
+            except SecretBoxError:
+                logger.error(
+                    "provider %s: stored API key does not decrypt with the configured "
+                    "encryption keys; set GATEWAYZ_OLD_ENCRYPTION_KEYS or store it again",
+                    name,
+                )
+                return None
+        return os.environ.get(api_key_env) if api_key_env else None
 
     def _client_for(self, spec: ProviderSpec) -> httpx.AsyncClient:
         # Clients share one transport, and so one connection pool; each
