@@ -236,7 +236,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
                 conn, settings.encryption_key, settings.old_encryption_keys
             )
             print(f"re-encrypted {count} stored secrets under the current encryption key")
-        elif args.command in ("orgs", "projects", "budgets", "limits"):
+        elif args.command in ("orgs", "projects", "budgets", "limits", "privacy", "users"):
             return cli_admin.run(args, conn)
         elif args.command == "keys" and args.action == "create":
             team = directory.get_team(conn, args.team, args.org)

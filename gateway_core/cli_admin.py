@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 from decimal import Decimal, InvalidOperation
 
 from sqlalchemy import Connection, Engine, func, select
 
-from gateway_core import audit, budgets, directory, limits_admin, provisioning
+from gateway_core import (
+    audit,
+    budgets,
+    directory,
+    limits_admin,
+    privacy,
+    provisioning,
+    user_data,
+)
 from gateway_core.errors import InvalidRequestError
 from gateway_core.schema import SCOPE_TYPES, audit_log
 
@@ -67,6 +76,30 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     add_scope(limit_set)
     add_rate_limit_options(limit_set)
     limit_commands.add_parser("list", help="list rate limits")
+
+    privacy = commands.add_parser("privacy", help="body storage, redaction and retention")
+    privacy_commands = privacy.add_subparsers(dest="action", required=True, metavar="ACTION")
+    privacy_set = privacy_commands.add_parser("set", help="store bodies for a scope, or not")
+    add_scope(privacy_set)
+    privacy_set.add_argument(
+        "--log-bodies", action=argparse.BooleanOptionalAction, required=True,
+        help="store redacted request and response bodies of this scope's calls",
+    )  # fmt: skip
+    privacy_set.add_argument(
+        "--retention-days", type=int, help="days to keep bodies (organization scope)"
+    )
+    pattern = privacy_commands.add_parser("pattern", help="add a redaction pattern")
+    pattern.add_argument("--org-id", type=int, required=True)
+    pattern.add_argument("--name", required=True)
+    pattern.add_argument("--pattern", required=True, help="Python regular expression")
+    privacy_commands.add_parser("purge", help="delete bodies older than their retention (cron)")
+
+    users = commands.add_parser("users", help="export or delete one user's data")
+    user_commands = users.add_subparsers(dest="action", required=True, metavar="ACTION")
+    user_export = user_commands.add_parser("export", help="print a user's data as JSON")
+    user_export.add_argument("username")
+    user_delete = user_commands.add_parser("delete", help="delete a user's account and data")
+    user_delete.add_argument("username")
 
     audit_parser = commands.add_parser("audit", help="verify and export the audit log")
     audit_commands = audit_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -150,6 +183,26 @@ def run(args: argparse.Namespace, conn: Connection) -> int:
         if not budgets.remove_budget(conn, args.budget_id):
             raise InvalidRequestError(f"no budget with id {args.budget_id}")
         print(f"removed budget {args.budget_id}")
+    elif args.command == "privacy" and args.action == "set":
+        privacy.set_privacy(
+            conn,
+            scope_type=args.scope,
+            scope_id=args.scope_id,
+            log_bodies=args.log_bodies,
+            retention_days=args.retention_days,
+        )
+        state = "stores" if args.log_bodies else "does not store"
+        print(f"{args.scope} {args.scope_id} now {state} request bodies")
+    elif args.command == "privacy" and args.action == "pattern":
+        pattern_id = privacy.add_redaction_pattern(conn, args.org_id, args.name, args.pattern)
+        print(f"added redaction pattern {pattern_id}")
+    elif args.command == "privacy":
+        print(f"deleted {privacy.purge_bodies(conn)} stored bodies past their retention")
+    elif args.command == "users" and args.action == "export":
+        print(json.dumps(user_data.export_user(conn, args.username), indent=2, default=str))
+    elif args.command == "users":
+        user_data.delete_user(conn, args.username)
+        print(f"deleted user {args.username!r} and their data")
     elif args.command == "limits" and args.action == "set":
         limits_admin.set_rate_limits(
             conn,

@@ -372,3 +372,39 @@ audit_log = Table(
     Column("entry_hash", String(64), nullable=False),
 )
 Index("ix_audit_log_created_at", audit_log.c.created_at)
+
+privacy_settings = Table(
+    "privacy_settings",
+    metadata,
+    Column("scope_type", String(16), primary_key=True),
+    Column("scope_id", BigInteger, primary_key=True),
+    # Store request and response bodies of this scope's calls (redacted).
+    Column("log_bodies", Boolean, nullable=False, server_default="false"),
+    # Days stored bodies are kept; read from the organization's row.
+    Column("retention_days", Integer),
+    CheckConstraint(_SCOPE_CHECK, name="ck_privacy_settings_scope"),
+)
+
+redaction_patterns = Table(
+    "redaction_patterns",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("organization_id", BigInteger, ForeignKey("organizations.id"), nullable=False),
+    Column("name", String(100), nullable=False),
+    # A Python regular expression; matches are replaced before storage.
+    Column("pattern", Text, nullable=False),
+)
+
+request_bodies = Table(
+    "request_bodies",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("organization_id", BigInteger),
+    Column("api_key_id", BigInteger),
+    Column("request", JSONB, nullable=False),
+    Column("response", JSONB),
+)
+Index(
+    "ix_request_bodies_org_created", request_bodies.c.organization_id, request_bodies.c.created_at
+)

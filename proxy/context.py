@@ -62,6 +62,10 @@ class CallContext:
     # Rate-limit consumption, released when the call ends.
     rate_ticket: RateLimitTicket | None = None
     rate_headers: dict[str, str] = field(default_factory=dict)
+    # Bodies kept for storage when the key's privacy settings ask for it.
+    log_bodies: bool = False
+    request_body: dict[str, Any] | None = None
+    response_body: dict[str, Any] | None = None
 
     def mark_first_token(self) -> None:
         if self.first_token_at is None:

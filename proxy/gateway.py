@@ -22,6 +22,7 @@ from proxy.auth import KeyVerifier
 from proxy.budget_alerts import BudgetAlerter
 from proxy.context import CallContext
 from proxy.metrics import observe
+from proxy.privacy_cache import PrivacyCache
 from proxy.providers import ProviderRegistry, Route
 from proxy.ratelimit import RateLimitConfigCache, RateLimiter, create_backend
 from proxy.recorder import UsageRecorder
@@ -47,6 +48,7 @@ class Gateway:
     limiter: RateLimiter
     rate_limit_config: RateLimitConfigCache
     alerter: BudgetAlerter
+    privacy: PrivacyCache
     # Release calls still running, kept so they are not garbage-collected.
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -121,6 +123,7 @@ class Gateway:
             limiter,
             rate_limit_config,
             alerter,
+            PrivacyCache(pool, refresh_interval=settings.provider_refresh_interval),
         )
 
     async def readiness(self) -> dict[str, str]:
@@ -183,6 +186,12 @@ class Gateway:
             task.add_done_callback(self.background.discard)
         observe(ctx, self.settings.access_log)
         row = ctx.usage_row()
+        if ctx.log_bodies and ctx.identity is not None and ctx.request_body is not None:
+            organization_id = ctx.identity.organization_id
+            row["_body"] = {
+                "request": self.privacy.redact(organization_id, ctx.request_body),
+                "response": self.privacy.redact(organization_id, ctx.response_body),
+            }
         if ctx.reservation is not None:
             self.spend.settle(ctx.reservation, ctx.cost)
             row["_limits"] = ctx.reservation.limits

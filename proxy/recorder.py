@@ -82,6 +82,10 @@ _ADD_SPEND = (
     "ON CONFLICT (budget_id, period_start) DO UPDATE "
     "SET spent = budget_spend.spent + EXCLUDED.spent RETURNING spent"
 )
+_STORE_BODY = (
+    "INSERT INTO request_bodies (request_id, created_at, organization_id, api_key_id, "
+    "request, response) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+)
 _CHARGE_CREDITS = (
     "INSERT INTO ledger_entries (scope_type, scope_id, amount, kind, reference, actor) "
     "SELECT s, i, -a, 'usage', r, 'proxy' FROM unnest("
@@ -338,6 +342,21 @@ class UsageRecorder:
             inserted = {request_id for (request_id,) in await cursor.fetchall()}
             new_rows = [row for row in batch if row["request_id"] in inserted]
             crossings = await self._charge(conn, new_rows)
+            bodies = [
+                (
+                    row["request_id"],
+                    row["created_at"],
+                    row["organization_id"],
+                    row["api_key_id"],
+                    Jsonb(row["_body"]["request"]),
+                    Jsonb(row["_body"]["response"]),
+                )
+                for row in new_rows
+                if row.get("_body") is not None
+            ]
+            if bodies:
+                async with conn.cursor() as cursor:
+                    await cursor.executemany(_STORE_BODY, bodies)
             if self._spend is not None:
                 # Leases shrink by what every row of the batch cost: rows a
                 # retried batch finds already written were charged by the

@@ -311,6 +311,7 @@ class Endpoint:
         stream: EventStream, body: dict[str, Any],
     ) -> AsyncIterator[bytes]:  # fmt: skip
         tracker = UsageTracker(endpoint, body)
+        tracker.keep_text = ctx.log_bodies
         return relay(ctx, route, stream, tracker, gateway.finish_call, self.error_event)
 
 
@@ -346,6 +347,7 @@ class MessagesEndpoint(Endpoint):
         if endpoint == "messages":
             return super().relay(gateway, ctx, route, endpoint, stream, body)
         tracker = UsageTracker("chat", body)
+        tracker.keep_text = ctx.log_bodies
         translator = ChatToMessagesStream(route.model_id)
         return relay(ctx, route, stream, tracker, gateway.finish_call, self.error_event, translator)
 
@@ -375,6 +377,9 @@ async def handle_call(request: Request, api: Endpoint) -> Response:
         ctx.stream = body.get("stream", False)
         routes = await gateway.registry.resolve_all(body["model"], ctx.identity, body.get("models"))
         routes = allowed_routes(ctx.identity, body["model"], routes)
+        if await gateway.privacy.logs_bodies(ctx.identity):
+            ctx.log_bodies = True
+            ctx.request_body = body
         check_output_limit(body, routes)
         await gateway.recorder.wait_for_capacity()
         reserve = max(gateway.max_cost(route, body, size) for route in routes)
@@ -429,6 +434,8 @@ def complete(
 ) -> Response:
     ctx.usage = usage
     ctx.cost = gateway.cost(route, usage, body)
+    if ctx.log_bodies:
+        ctx.response_body = body
     ctx.mark_first_token()
     ctx.finish(status_code)
     headers = response_headers(ctx, route)

@@ -59,6 +59,8 @@ def _decode(line: bytes) -> dict[str, Any]:
         limits.append(Limit(**item))
     row["_limits"] = tuple(limits)
     row["key_metadata"] = Jsonb(row.get("key_metadata") or {})
+    if row.get("_body") is None:
+        row.pop("_body", None)
     return row
 
 

@@ -40,6 +40,9 @@ class UsageTracker:
         self._anthropic_usage: dict[str, Any] = {}
         # Type of an error event the upstream sent inside the stream, if any.
         self.error_type: str | None = None
+        # Answer text, collected only when the call's body is to be stored.
+        self.keep_text = False
+        self.text_parts: list[str] = []
 
     def observe(self, event: dict[str, Any]) -> bool:
         """Update from one decoded event; return False to drop it from the client's stream."""
@@ -58,6 +61,8 @@ class UsageTracker:
                 return False
         if choices:
             self.characters += produced_characters(choices)
+            if self.keep_text:
+                self.text_parts.extend(delta_texts(choices))
         return True
 
     def _observe_anthropic(self, event: dict[str, Any]) -> bool:
@@ -73,12 +78,16 @@ class UsageTracker:
             for field in ("text", "partial_json", "thinking"):
                 if isinstance(delta.get(field), str):
                     self.characters += len(delta[field])
+            if self.keep_text and isinstance(delta.get("text"), str):
+                self.text_parts.append(delta["text"])
         return True
 
     def _observe_responses(self, event: dict[str, Any]) -> bool:
         kind = event.get("type")
         if kind == "response.output_text.delta" and isinstance(event.get("delta"), str):
             self.characters += len(event["delta"])
+            if self.keep_text:
+                self.text_parts.append(event["delta"])
         elif kind in ("response.completed", "response.incomplete", "response.failed"):
             response = event.get("response") or {}
             if response.get("usage"):
@@ -95,6 +104,19 @@ class UsageTracker:
             prompt_tokens=estimate_tokens(prompt_characters(messages)),
             completion_tokens=estimate_tokens(self.characters),
         )
+
+
+def delta_texts(choices: list[Any]) -> list[str]:
+    texts = []
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+            texts.append(delta["content"])
+        elif isinstance(choice.get("text"), str):
+            texts.append(choice["text"])
+    return texts
 
 
 def produced_characters(choices: list[Any]) -> int:
@@ -198,4 +220,6 @@ async def relay(
             await events.aclose()  # type: ignore[attr-defined]
         finally:
             await stream.aclose()
+            if ctx.log_bodies:
+                ctx.response_body = {"content": "".join(tracker.text_parts), "stream": True}
             finish(ctx, route, tracker.final_usage())
