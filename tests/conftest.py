@@ -8,6 +8,7 @@ migrates it with Alembic and drops it at the end.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import time
 import uuid
@@ -30,6 +31,25 @@ def _with_database(server_url: str, name: str) -> str:
     base, _, query = server_url.partition("?")
     base = base.rsplit("/", 1)[0]
     return f"{base}/{name}" + (f"?{query}" if query else "")
+
+
+# A full API key or a provider key in a log line is a leak, whatever the test.
+SECRET_IN_LOG = re.compile(r"gw_(?:live|test|admin)_[A-Za-z0-9_-]{40,}|sk-[A-Za-z0-9-]{16,}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secrets_in_logs() -> Iterator[None]:
+    """After the whole run, scan every proxy log for API keys and provider keys."""
+    yield
+    from tests.support.processes import ProxyProcess
+
+    leaks = []
+    for path in ProxyProcess.log_paths:
+        if path.exists():
+            for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                if SECRET_IN_LOG.search(line):
+                    leaks.append(f"{path}:{number}")
+    assert leaks == [], f"secrets printed in logs: {leaks[:10]}"
 
 
 @pytest.fixture(scope="session")

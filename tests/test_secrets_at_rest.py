@@ -95,3 +95,13 @@ def test_encrypted_provider_key_rotation(
     logs = proxy.logs() + added.stdout + added.stderr + rotated.stdout + rotated.stderr
     assert PROVIDER_KEY not in logs
     assert key not in logs
+
+
+def test_log_scan_pattern_matches_keys() -> None:
+    from gateway_core.keys import generate_key
+    from tests.conftest import SECRET_IN_LOG
+
+    assert SECRET_IN_LOG.search(f"INFO auth failed for {generate_key('live')}")
+    assert SECRET_IN_LOG.search(f"x {generate_key('test')} y")
+    assert SECRET_IN_LOG.search(f"Bearer {PROVIDER_KEY}")
+    assert not SECRET_IN_LOG.search("request req_0123 key 17 (gw_live_AbC1...xY9z)")

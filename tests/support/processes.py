@@ -14,7 +14,11 @@ from tests.support.fake_openai import free_port
 
 
 class ProxyProcess:
+    # Every log file written in this test run, scanned for secrets at the end.
+    log_paths: list[Path] = []
+
     def __init__(self, env: dict[str, str], log_path: Path, workers: int = 1) -> None:
+        ProxyProcess.log_paths.append(log_path)
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
