@@ -24,5 +24,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check gateway_core proxy pages tests bench app.py
 	$(BIN)/ruff format --check gateway_core proxy pages tests bench app.py
 
+# wrk (Debian package) drives the load; without it the benchmark falls back
+# to a slower Python load generator and says so in its report.
 bench: $(STAMP)
+	command -v wrk >/dev/null || (apt-get install -y -qq wrk >/dev/null 2>&1 || true)
 	$(BIN)/python -m bench.proxy_overhead

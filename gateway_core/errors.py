@@ -82,6 +82,13 @@ class PayloadTooLargeError(GatewayError):
     error_type = "invalid_request_error"
 
 
+class ClientClosedRequestError(GatewayError):
+    """The client went away before the gateway could answer (nginx's 499)."""
+
+    status_code = 499
+    error_type = "client_disconnected"
+
+
 class RateLimitError(GatewayError):
     status_code = 429
     error_type = "rate_limit_error"

@@ -19,6 +19,7 @@ from starlette.responses import Response
 
 from gateway_core.catalog import ModelEntry
 from gateway_core.errors import (
+    ClientClosedRequestError,
     GatewayError,
     InvalidRequestError,
     NotFoundError,
@@ -101,7 +102,7 @@ async def read_json_object(request: Request, limit: int) -> tuple[dict[str, Any]
             if len(body) > limit:
                 raise PayloadTooLargeError(f"request body is larger than the {limit} byte limit")
     except ClientDisconnect as exc:
-        raise InvalidRequestError("client disconnected while sending the body") from exc
+        raise ClientClosedRequestError("client disconnected while sending the body") from exc
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

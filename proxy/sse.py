@@ -30,13 +30,18 @@ class SSEParser:
 
     def feed(self, chunk: bytes) -> Iterator[ServerSentEvent]:
         self._buffer += chunk
-        while True:
-            end, separator = _find_boundary(self._buffer)
-            if end < 0:
-                return
-            raw = bytes(self._buffer[: end + separator])
-            del self._buffer[: end + separator]
-            yield _parse_event(raw)
+        start = 0
+        try:
+            while True:
+                end, separator = _find_boundary_from(self._buffer, start)
+                if end < 0:
+                    return
+                raw = bytes(self._buffer[start : end + separator])
+                start = end + separator
+                yield _parse_event(raw)
+        finally:
+            # One deletion per read, not one per event.
+            del self._buffer[:start]
 
     def flush(self) -> ServerSentEvent | None:
         """Return a final event the upstream did not terminate, if any."""
@@ -48,12 +53,22 @@ class SSEParser:
         return _parse_event(raw)
 
 
-def _find_boundary(buffer: bytearray) -> tuple[int, int]:
+def _find_boundary_from(buffer: bytearray, start: int) -> tuple[int, int]:
+    """Return the index and length of the first event separator at or after `start`.
+
+    Returns (-1, 0) when there is none.
+
+    Each later search stops where an earlier one matched, so finding one
+    event costs time proportional to that event, not to the whole buffer.
+    """
     best = (-1, 0)
+    end = len(buffer)
     for separator in (b"\n\n", b"\r\n\r\n", b"\r\r"):
-        index = buffer.find(separator)
+        index = buffer.find(separator, start, end)
         if index >= 0 and (best[0] < 0 or index < best[0]):
             best = (index, len(separator))
+            # A separator that starts earlier ends at most 3 bytes later.
+            end = index + 3
     return best
 
 

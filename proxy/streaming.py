@@ -21,6 +21,7 @@ from gateway_core.pricing import TokenUsage, parse_anthropic_usage, parse_openai
 from proxy.context import CallContext
 from proxy.providers import Route
 from proxy.providers.base import EventStream
+from proxy.sse import ServerSentEvent
 from proxy.tokens import estimate_tokens, prompt_characters
 
 logger = logging.getLogger("gatewayz.proxy")
@@ -146,6 +147,32 @@ class StreamTranslator(Protocol):
     def finish(self) -> list[bytes]: ...
 
 
+def forward(
+    event: ServerSentEvent,
+    ctx: CallContext,
+    tracker: UsageTracker,
+    translator: StreamTranslator | None,
+) -> bytes:
+    """Return what one upstream event becomes in the client's stream (maybe nothing)."""
+    data = event.data
+    if data is None or data == b"[DONE]":
+        if translator is None:
+            return event.raw
+        return b"".join(translator.finish()) if data == b"[DONE]" else b""
+    try:
+        decoded = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return event.raw if translator is None else b""
+    if not isinstance(decoded, dict):
+        return event.raw if translator is None else b""
+    keep = tracker.observe(decoded)
+    if tracker.characters:
+        ctx.mark_first_token()
+    if translator is not None:
+        return b"".join(translator.feed(decoded))
+    return event.raw if keep else b""
+
+
 async def relay(
     ctx: CallContext,
     route: Route,
@@ -160,35 +187,14 @@ async def relay(
     Events pass byte for byte unless a `translator` rewrites them into
     another wire format.
     """
-    events = aiter(stream)
+    batches = stream.batches()
     try:
-        async for event in events:
-            data = event.data
-            if data is None or data == b"[DONE]":
-                if translator is None:
-                    yield event.raw
-                elif data == b"[DONE]":
-                    for chunk in translator.finish():
-                        yield chunk
-                continue
-            try:
-                decoded = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                if translator is None:
-                    yield event.raw
-                continue
-            if not isinstance(decoded, dict):
-                if translator is None:
-                    yield event.raw
-                continue
-            keep = tracker.observe(decoded)
-            if tracker.characters:
-                ctx.mark_first_token()
-            if translator is not None:
-                for chunk in translator.feed(decoded):
-                    yield chunk
-            elif keep:
-                yield event.raw
+        async for batch in batches:
+            out = bytearray()
+            for event in batch:
+                out += forward(event, ctx, tracker, translator)
+            if out:
+                yield bytes(out)
         if translator is not None:
             for chunk in translator.finish():
                 yield chunk
@@ -217,7 +223,7 @@ async def relay(
             ctx.finish(499, "client_disconnected")
             logger.info("request %s: client disconnected mid-stream", ctx.request_id)
         try:
-            await events.aclose()  # type: ignore[attr-defined]
+            await batches.aclose()  # type: ignore[attr-defined]
         finally:
             await stream.aclose()
             if ctx.log_bodies:

@@ -58,6 +58,15 @@ class EventStream(ABC):
     async def aclose(self) -> None:
         """Close the upstream connection; safe to call more than once."""
 
+    async def batches(self) -> AsyncIterator[list[ServerSentEvent]]:
+        """Yield events grouped as they arrived, so each group is sent in one write.
+
+        The default yields one event at a time; network-backed streams
+        override it to yield every event of one read together.
+        """
+        async for event in self:
+            yield [event]
+
 
 class Provider(ABC):
     name: str

@@ -113,16 +113,22 @@ class _HTTPEventStream(EventStream):
         self._response = response
 
     async def __aiter__(self) -> AsyncIterator[ServerSentEvent]:
+        async for batch in self.batches():
+            for event in batch:
+                yield event
+
+    async def batches(self) -> AsyncIterator[list[ServerSentEvent]]:
         parser = SSEParser()
         try:
             async for chunk in self._response.aiter_raw():
-                for event in parser.feed(chunk):
-                    yield event
+                events = list(parser.feed(chunk))
+                if events:
+                    yield events
         except httpx.TransportError as exc:
             raise transport_error(self._provider, exc) from exc
         last = parser.flush()
         if last is not None:
-            yield last
+            yield [last]
 
     async def aclose(self) -> None:
         await self._response.aclose()

@@ -1,0 +1,374 @@
+"""Measure what Gatewayz adds to a chat completion, against two baselines.
+
+Three servers run as separate uvicorn processes with one worker each: the
+fake upstream (bench/upstream.py), a bare pass-through proxy on the same
+stack as Gatewayz (bench/passthrough.py) and Gatewayz itself, with a fresh
+Postgres database that is dropped at the end. The same request is sent to
+each of them directly, non-streaming ("json") and streaming ("stream"):
+
+- latency: median and p95 at 1 client over `--requests` requests,
+- throughput: requests/s at 16 and 64 concurrent clients for `--duration` s.
+
+`--rounds N` repeats every measurement and reports the median. Afterwards
+it checks that Gatewayz wrote exactly one usage_events row per request it
+was sent. Usage: `python -m bench.proxy_overhead [--quick] [--rounds N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import secrets
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+import orjson
+
+from bench.load import LoadGenerator, LoadResult, LoadSpec
+from bench.stack import DEFAULT_POSTGRES, BenchDatabase, Server
+
+TARGETS = ("direct", "pass-through", "gatewayz")
+MODES = ("json", "stream")
+CONCURRENCY = (16, 64)
+CHAT_PATH = "/v1/chat/completions"
+# Pause between runs, so requests cut off at the end of one finish before
+# the next one starts.
+SETTLE_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    url: str
+    token: str | None
+
+
+@dataclass
+class Results:
+    # One result per round for each (target, mode) and (target, mode, clients).
+    latency: dict[tuple[str, str], list[LoadResult]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    throughput: dict[tuple[str, str, int], list[LoadResult]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    # Every run against Gatewayz, warm-up included, for the usage row check.
+    gatewayz_runs: list[LoadResult] = field(default_factory=list)
+    # One line per run that got non-200 responses or socket errors.
+    failures: list[str] = field(default_factory=list)
+
+    def median_ms(self, target: str, mode: str) -> float:
+        return statistics.median(run.median_ms for run in self.latency[(target, mode)])
+
+    def p95_ms(self, target: str, mode: str) -> float:
+        return statistics.median(run.p95_ms for run in self.latency[(target, mode)])
+
+    def requests_per_second(self, target: str, mode: str, clients: int) -> float:
+        runs = self.throughput[(target, mode, clients)]
+        return statistics.median(run.requests_per_second for run in runs)
+
+
+@dataclass(frozen=True)
+class UsageCheck:
+    sent: int
+    answered_ok: int
+    cut_off: int
+    rows_by_status: dict[int, int]
+
+    @property
+    def rows(self) -> int:
+        return sum(self.rows_by_status.values())
+
+    @property
+    def passed(self) -> bool:
+        # A request cut off at the end of a run is still recorded: with status
+        # 200 when Gatewayz finished it, 499 when a stream lost its client, and
+        # 400 when the client left before Gatewayz read the body.
+        rows_ok = self.rows_by_status.get(200, 0)
+        ok_rows_match = self.answered_ok <= rows_ok <= self.answered_ok + self.cut_off
+        return self.rows == self.sent and ok_rows_match
+
+
+def request_body(mode: str) -> bytes:
+    body: dict[str, object] = {
+        "model": "bench/any",
+        "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
+        "max_tokens": 32,
+    }
+    if mode == "stream":
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return orjson.dumps(body)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.proxy_overhead", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="seconds per throughput point (default 10)"
+    )
+    parser.add_argument(
+        "--requests",
+        type=int,
+        default=2000,
+        help="requests per latency point at 1 client (default 2000)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 2 s per throughput point and 200 requests per latency point",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat every measurement this many times and report the median (default 1)",
+    )
+    parser.add_argument(
+        "--chunks",
+        type=int,
+        default=20,
+        help="content chunks per streamed response from the fake upstream (default 20)",
+    )
+    parser.add_argument(
+        "--postgres",
+        default=DEFAULT_POSTGRES,
+        help="Postgres server URL on which a temporary database is created "
+        f"(default {DEFAULT_POSTGRES})",
+    )
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="keep uvicorn's access log on in all three servers, as `make run` does",
+    )
+    args = parser.parse_args(argv)
+
+    if args.quick:
+        args.duration, args.requests = 2.0, 200
+    if args.duration <= 0 or args.requests <= 0 or args.rounds <= 0:
+        parser.error("--duration, --requests and --rounds must be positive")
+    if args.chunks < 0:
+        parser.error(f"--chunks must be 0 or more, got {args.chunks}")
+    return args
+
+
+def start_stack(
+    args: argparse.Namespace, stack: ExitStack, log_dir: Path
+) -> tuple[BenchDatabase, list[Target]]:
+    """Start the database and the three servers, and register their shutdown on `stack`."""
+    database = BenchDatabase(args.postgres)
+    stack.callback(database.drop)
+
+    upstream = Server(
+        "upstream",
+        "bench.upstream:create_app",
+        {"BENCH_STREAM_CHUNKS": str(args.chunks)},
+        log_dir,
+        access_log=args.access_log,
+    )
+    stack.callback(upstream.stop)
+    secret = secrets.token_urlsafe(48)
+    token = database.provision(secret, upstream.base_url + "/v1")
+
+    passthrough = Server(
+        "pass-through",
+        "bench.passthrough:create_app",
+        {"BENCH_UPSTREAM_URL": upstream.base_url + CHAT_PATH},
+        log_dir,
+        access_log=args.access_log,
+    )
+    stack.callback(passthrough.stop)
+
+    gatewayz = Server(
+        "gatewayz",
+        "proxy.app:create_app",
+        {"DATABASE_URL": database.url, "GATEWAYZ_SECRET": secret},
+        log_dir,
+        access_log=args.access_log,
+    )
+    stack.callback(gatewayz.stop)
+
+    upstream.wait_ready("/health")
+    passthrough.wait_ready("/health")
+    gatewayz.wait_ready("/health/live")
+    targets = [
+        Target("direct", upstream.base_url + CHAT_PATH, None),
+        Target("pass-through", passthrough.base_url + CHAT_PATH, None),
+        Target("gatewayz", gatewayz.base_url + CHAT_PATH, token),
+    ]
+    return database, targets
+
+
+def measure(args: argparse.Namespace, targets: list[Target], load: LoadGenerator) -> Results:
+    results = Results()
+
+    def run(target: Target, mode: str, connections: int, **limits: float) -> LoadResult:
+        spec = LoadSpec(target.url, request_body(mode), target.token, connections, **limits)
+        result = load.run(spec)
+        if target.name == "gatewayz":
+            results.gatewayz_runs.append(result)
+        if result.failed or result.socket_errors:
+            failure = (
+                f"{target.name} {mode} at {connections} client(s): {result.failed} non-200 "
+                f"responses, {result.socket_errors} socket errors"
+            )
+            results.failures.append(failure)
+            progress(f"  error: {failure}")
+        time.sleep(SETTLE_SECONDS)
+        return result
+
+    progress("warming up (fills connection pools and the key cache)")
+    for mode in MODES:
+        for target in targets:
+            run(target, mode, 16, duration=min(2.0, args.duration))
+    for round_number in range(1, args.rounds + 1):
+        prefix = f"round {round_number}/{args.rounds}: " if args.rounds > 1 else ""
+        for mode in MODES:
+            for target in targets:
+                progress(
+                    f"{prefix}latency: {target.name} {mode}, 1 client, {args.requests} requests"
+                )
+                # Bounded by count and, as a backstop, by 50 ms per request.
+                bound = max(30.0, args.requests * 0.05)
+                result = run(target, mode, 1, duration=bound, max_requests=args.requests)
+                results.latency[(target.name, mode)].append(result)
+        for mode in MODES:
+            for connections in CONCURRENCY:
+                for target in targets:
+                    progress(f"{prefix}throughput: {target.name} {mode}, {connections} clients")
+                    result = run(target, mode, connections, duration=args.duration)
+                    results.throughput[(target.name, mode, connections)].append(result)
+    return results
+
+
+def check_usage(database: BenchDatabase, runs: list[LoadResult], wait: float = 15.0) -> UsageCheck:
+    """Count Gatewayz's usage rows once its recorder has written what it queued."""
+    sent = sum(run.sent for run in runs)
+    deadline = time.monotonic() + wait
+    rows = database.usage_by_status()
+    while sum(rows.values()) < sent and time.monotonic() < deadline:
+        time.sleep(0.2)
+        rows = database.usage_by_status()
+    return UsageCheck(
+        sent=sent,
+        answered_ok=sum(run.ok for run in runs),
+        cut_off=sum(run.sent - run.completed for run in runs),
+        rows_by_status=rows,
+    )
+
+
+def machine_description() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}"
+
+
+def format_report(args: argparse.Namespace, results: Results, load: LoadGenerator) -> str:
+    today = datetime.date.today().isoformat()
+    rounds = f", median of {args.rounds} rounds" if args.rounds > 1 else ""
+    lines = [
+        "",
+        f"Proxy overhead benchmark, {today}",
+        f"machine: {machine_description()}",
+        f"load generator: {load.description}",
+        f"upstream: {args.chunks} content chunks per stream; one uvicorn worker per server",
+        "",
+        f"Latency at 1 client, ms ({args.requests} requests per row{rounds})",
+        f"{'target':<14}{'mode':<8}{'median':>9}{'p95':>9}",
+    ]
+    for mode in MODES:
+        for name in TARGETS:
+            median, p95 = results.median_ms(name, mode), results.p95_ms(name, mode)
+            lines.append(f"{name:<14}{mode:<8}{median:>9.2f}{p95:>9.2f}")
+
+    lines += ["", f"Throughput, requests/s ({args.duration:g} s per point{rounds})"]
+    header = "".join(f"{f'{count} clients':>13}" for count in CONCURRENCY)
+    lines.append(f"{'target':<14}{'mode':<8}{header}")
+    for mode in MODES:
+        for name in TARGETS:
+            cells = "".join(
+                f"{results.requests_per_second(name, mode, count):>13.0f}" for count in CONCURRENCY
+            )
+            lines.append(f"{name:<14}{mode:<8}{cells}")
+
+    lines += ["", "Ratios"]
+    for mode in MODES:
+        direct = results.median_ms("direct", mode)
+        passthrough = results.median_ms("pass-through", mode)
+        gatewayz = results.median_ms("gatewayz", mode)
+        lines.append(
+            f"{mode}: median added latency over direct: Gatewayz {gatewayz - direct:+.2f} ms, "
+            f"pass-through {passthrough - direct:+.2f} ms "
+            f"(Gatewayz over pass-through {gatewayz - passthrough:+.2f} ms)"
+        )
+    for mode in MODES:
+        shares = []
+        for count in CONCURRENCY:
+            gatewayz = results.requests_per_second("gatewayz", mode, count)
+            passthrough = results.requests_per_second("pass-through", mode, count)
+            share = 100 * gatewayz / passthrough if passthrough else 0.0
+            shares.append(f"{share:.0f}% at {count} clients")
+        lines.append(f"{mode}: Gatewayz throughput as % of pass-through: {', '.join(shares)}")
+    return "\n".join(lines)
+
+
+def format_usage_check(check: UsageCheck) -> str:
+    statuses = ", ".join(
+        f"{count} with status {status}" for status, count in sorted(check.rows_by_status.items())
+    )
+    verdict = "OK" if check.passed else "MISMATCH"
+    return (
+        f"Usage rows: {verdict}: {check.rows} rows in usage_events ({statuses or 'none'}) for "
+        f"{check.sent} requests sent to Gatewayz, of which {check.answered_ok} were answered "
+        f"with 200 and {check.cut_off} were cut off by the end of a run"
+    )
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"received signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, interrupt_on_sigterm)
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gatewayz-bench-")))
+        load = LoadGenerator(workdir)
+        progress(f"load generator: {load.description}")
+        database, targets = start_stack(args, stack, workdir)
+        results = measure(args, targets, load)
+        check = check_usage(database, results.gatewayz_runs)
+        print(format_report(args, results, load))
+        print(format_usage_check(check))
+        if results.failures:
+            print("Failed runs (their numbers are not valid):", *results.failures, sep="\n  ")
+        return 0 if check.passed and not results.failures else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted; every process started by the benchmark was stopped", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,146 @@
+"""The processes and the database behind a benchmark run.
+
+Every server is a separate uvicorn process with one worker, started in its
+own session so that a Ctrl-C in the terminal reaches only the benchmark,
+which then stops them in order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psycopg
+from psycopg import sql
+
+from gateway_core.config import PROJECT_ROOT
+from gateway_core.db import get_engine, migrate
+from gateway_core.directory import create_team
+from gateway_core.keys import create_key
+from gateway_core.providers import upsert_provider
+
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
+READY_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def database_url(server_url: str, name: str) -> str:
+    """Return `server_url` with its database name replaced by `name`."""
+    base, _, query = server_url.partition("?")
+    base = base.rsplit("/", 1)[0]
+    return f"{base}/{name}" + (f"?{query}" if query else "")
+
+
+class BenchDatabase:
+    """A fresh, migrated database on `server_url`, dropped by `drop()`."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+        self.name = f"gatewayz_bench_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.name)))
+        self.url = database_url(server_url, self.name)
+        migrate(self.url)
+
+    def provision(self, secret: str, upstream_base_url: str) -> str:
+        """Create a team, a live API key and the `bench` provider, and return the key."""
+        with get_engine(self.url).begin() as conn:
+            team = create_team(conn, "bench")
+            key = create_key(conn, secret.encode(), team_id=team.id, name="bench")
+            upsert_provider(conn, name="bench", base_url=upstream_base_url)
+        return key.secret
+
+    def usage_by_status(self) -> dict[int, int]:
+        """Count the rows in usage_events per HTTP status code."""
+        with psycopg.connect(self.url) as conn:
+            rows = conn.execute(
+                "SELECT status_code, count(*) FROM usage_events GROUP BY status_code"
+            ).fetchall()
+        return {status: count for status, count in rows}
+
+    def drop(self) -> None:
+        get_engine(self.url).dispose()
+        with psycopg.connect(self.server_url, autocommit=True) as conn:
+            statement = "DROP DATABASE IF EXISTS {} WITH (FORCE)"
+            conn.execute(sql.SQL(statement).format(sql.Identifier(self.name)))
+
+
+class Server:
+    """One uvicorn process serving an app factory on a free loopback port."""
+
+    def __init__(
+        self,
+        name: str,
+        factory: str,
+        env: dict[str, str],
+        log_dir: Path,
+        *,
+        access_log: bool = False,
+        wrapper: list[str] | None = None,
+    ) -> None:
+        self.name = name
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"{name}.log"
+        # `wrapper` runs uvicorn under another Python tool, e.g. a profiler.
+        command = [sys.executable, *(wrapper or ["-m"]), "uvicorn", factory, "--factory"]
+        command += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
+        if not access_log:
+            command.append("--no-access-log")
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, path: str) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with status {self.process.returncode} while "
+                    f"starting; its log {self.log_path} ends with:\n{self.log_tail()}"
+                )
+            try:
+                if httpx.get(self.base_url + path, timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(
+            f"{self.name} did not return 200 for GET {path} within {READY_TIMEOUT:.0f} s; "
+            f"its log {self.log_path} ends with:\n{self.log_tail()}"
+        )
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop with SIGINT, uvicorn's graceful shutdown, and kill after `timeout` s."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        text = self.log_path.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
