@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -38,6 +38,7 @@ from proxy.context import KeyIdentity
 logger = logging.getLogger("gatewayz.spend")
 
 ZERO = Decimal(0)
+MONEY_QUANTUM = Decimal("1E-10")
 
 _LOAD_BUDGETS = "SELECT id, scope_type, scope_id, period, limit_usd, alert_thresholds FROM budgets"
 _LOAD_METERED = "SELECT scope_type, scope_id FROM credit_balances"
@@ -289,7 +290,11 @@ class SpendGuard:
             if left <= 0:
                 return
             want = max(shortfall, min(left * self._chunk_fraction, self._chunk_max))
-            grant = min(want, left)
+            # Rounded down to the NUMERIC(20, 10) scale of spend_leases, so the
+            # amount in memory equals the amount Postgres stores.
+            grant = min(want, left).quantize(MONEY_QUANTUM, rounding=ROUND_DOWN)
+            if grant <= 0:
+                return
             await conn.execute(_GROW_LEASE, (limit.key, self.holder, grant, self._lease_ttl))
         state.leased += grant
         logger.debug("leased $%s more of %s", grant, limit.key)
