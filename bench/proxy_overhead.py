@@ -37,7 +37,7 @@ import orjson
 from bench.load import LoadGenerator, LoadResult, LoadSpec
 from bench.stack import DEFAULT_POSTGRES, BenchDatabase, Server
 
-TARGETS = ("direct", "pass-through", "gatewayz")
+TARGETS = ("direct", "pass-through", "gatewayz", "gatewayz+limits")
 MODES = ("json", "stream")
 CONCURRENCY = (16, 64)
 CHAT_PATH = "/v1/chat/completions"
@@ -179,7 +179,7 @@ def start_stack(
     )
     stack.callback(upstream.stop)
     secret = secrets.token_urlsafe(48)
-    token = database.provision(secret, upstream.base_url + "/v1")
+    token, limited_token = database.provision(secret, upstream.base_url + "/v1")
 
     passthrough = Server(
         "pass-through",
@@ -206,6 +206,8 @@ def start_stack(
         Target("direct", upstream.base_url + CHAT_PATH, None),
         Target("pass-through", passthrough.base_url + CHAT_PATH, None),
         Target("gatewayz", gatewayz.base_url + CHAT_PATH, token),
+        # The same server and route, for a key with budgets, credits and limits.
+        Target("gatewayz+limits", gatewayz.base_url + CHAT_PATH, limited_token),
     ]
     return database, targets
 
@@ -216,7 +218,7 @@ def measure(args: argparse.Namespace, targets: list[Target], load: LoadGenerator
     def run(target: Target, mode: str, connections: int, **limits: float) -> LoadResult:
         spec = LoadSpec(target.url, request_body(mode), target.token, connections, **limits)
         result = load.run(spec)
-        if target.name == "gatewayz":
+        if target.name.startswith("gatewayz"):
             results.gatewayz_runs.append(result)
         if result.failed or result.socket_errors:
             failure = (
@@ -291,22 +293,22 @@ def format_report(args: argparse.Namespace, results: Results, load: LoadGenerato
         f"upstream: {args.chunks} content chunks per stream; one uvicorn worker per server",
         "",
         f"Latency at 1 client, ms ({args.requests} requests per row{rounds})",
-        f"{'target':<14}{'mode':<8}{'median':>9}{'p95':>9}",
+        f"{'target':<17}{'mode':<8}{'median':>9}{'p95':>9}",
     ]
     for mode in MODES:
         for name in TARGETS:
             median, p95 = results.median_ms(name, mode), results.p95_ms(name, mode)
-            lines.append(f"{name:<14}{mode:<8}{median:>9.2f}{p95:>9.2f}")
+            lines.append(f"{name:<17}{mode:<8}{median:>9.2f}{p95:>9.2f}")
 
     lines += ["", f"Throughput, requests/s ({args.duration:g} s per point{rounds})"]
     header = "".join(f"{f'{count} clients':>13}" for count in CONCURRENCY)
-    lines.append(f"{'target':<14}{'mode':<8}{header}")
+    lines.append(f"{'target':<17}{'mode':<8}{header}")
     for mode in MODES:
         for name in TARGETS:
             cells = "".join(
                 f"{results.requests_per_second(name, mode, count):>13.0f}" for count in CONCURRENCY
             )
-            lines.append(f"{name:<14}{mode:<8}{cells}")
+            lines.append(f"{name:<17}{mode:<8}{cells}")
 
     lines += ["", "Ratios"]
     for mode in MODES:
@@ -326,6 +328,16 @@ def format_report(args: argparse.Namespace, results: Results, load: LoadGenerato
             share = 100 * gatewayz / passthrough if passthrough else 0.0
             shares.append(f"{share:.0f}% at {count} clients")
         lines.append(f"{mode}: Gatewayz throughput as % of pass-through: {', '.join(shares)}")
+    for mode in MODES:
+        shares = []
+        for count in CONCURRENCY:
+            on = results.requests_per_second("gatewayz+limits", mode, count)
+            off = results.requests_per_second("gatewayz", mode, count)
+            shares.append(f"{100 * on / off if off else 0.0:.0f}% at {count} clients")
+        lines.append(
+            f"{mode}: throughput with budgets, credits and rate limits on, as % of off: "
+            + ", ".join(shares)
+        )
     return "\n".join(lines)
 
 

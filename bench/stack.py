@@ -14,17 +14,23 @@ import subprocess
 import sys
 import time
 import uuid
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import psycopg
 from psycopg import sql
 
+from gateway_core.budgets import set_budget
 from gateway_core.config import PROJECT_ROOT
 from gateway_core.db import get_engine, migrate
 from gateway_core.directory import create_team
 from gateway_core.keys import create_key
+from gateway_core.ledger import add_entry
+from gateway_core.limits_admin import set_rate_limits
+from gateway_core.model_routes import set_price_override
 from gateway_core.providers import upsert_provider
+from gateway_core.provisioning import create_organization
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 READY_TIMEOUT = 60.0
@@ -54,13 +60,53 @@ class BenchDatabase:
         self.url = database_url(server_url, self.name)
         migrate(self.url)
 
-    def provision(self, secret: str, upstream_base_url: str) -> str:
-        """Create a team, a live API key and the `bench` provider, and return the key."""
+    def provision(self, secret: str, upstream_base_url: str) -> tuple[str, str]:
+        """Create the `bench` provider and two live keys, and return them.
+
+        The first key's team has no budgets, credits or rate limits. The
+        second key's key, team and organization have a budget, its
+        organization a credit balance, and all three rate limits too high
+        to reject anything, so every check and reservation runs.
+        """
         with get_engine(self.url).begin() as conn:
+            upsert_provider(conn, name="bench", base_url=upstream_base_url)
+            # A price makes every call reserve and settle a real amount.
+            set_price_override(conn, "bench/any", {"input": "1", "output": "2"})
             team = create_team(conn, "bench")
             key = create_key(conn, secret.encode(), team_id=team.id, name="bench")
-            upsert_provider(conn, name="bench", base_url=upstream_base_url)
-        return key.secret
+            organization_id = create_organization(conn, "limited", trial_usd=Decimal(0))
+            limited = create_team(conn, "limited", organization="limited")
+            limited_key = create_key(conn, secret.encode(), team_id=limited.id, name="limited")
+            add_entry(
+                conn,
+                scope_type="organization",
+                scope_id=organization_id,
+                amount=Decimal(1_000_000),
+                kind="grant",
+                reference="bench",
+            )
+            for scope_type, scope_id in (
+                ("key", limited_key.id),
+                ("team", limited.id),
+                ("organization", organization_id),
+            ):
+                set_budget(
+                    conn,
+                    scope_type=scope_type,
+                    scope_id=scope_id,
+                    period="monthly",
+                    limit_usd=Decimal(1_000_000),
+                )
+                set_rate_limits(
+                    conn,
+                    "owner",
+                    scope_type=scope_type,
+                    scope_id=scope_id,
+                    requests_per_minute=100_000_000,
+                    tokens_per_minute=1_000_000_000,
+                    requests_per_day=1_000_000_000,
+                )
+        return key.secret, limited_key.secret
 
     def usage_by_status(self) -> dict[int, int]:
         """Count the rows in usage_events per HTTP status code."""
