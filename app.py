@@ -2,7 +2,8 @@
 
 Run with `streamlit run app.py`. DATABASE_URL and GATEWAYZ_SECRET come from
 the environment. Users are the rows of the `users` table, checked against
-their bcrypt hashes by streamlit-authenticator.
+their bcrypt hashes by streamlit-authenticator. Failed sign-ins are limited
+per username and per browser session by gateway_core.login_attempts.
 
 Streamlit runs a file in pages/ directly, without this script, when the first
 request after server start requests its URL and no session has called
@@ -16,8 +17,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import streamlit as st
@@ -26,6 +30,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from streamlit_authenticator.utilities import LoginError
 
+from gateway_core import login_attempts
+from gateway_core.access import roles_for
 from gateway_core.config import ConfigError, Settings
 from gateway_core.db import get_engine
 from gateway_core.directory import ROLES, User, list_users
@@ -45,6 +51,8 @@ ACCOUNTS_TTL_SECONDS = 30
 SESSION_USER = "gatewayz_user"
 SESSION_PAGES = "gatewayz_allowed_pages"
 SESSION_COOKIE_PENDING = "gatewayz_cookie_pending"
+# Random id of this browser session in login_attempts, kept across sign-outs.
+SESSION_SIGN_IN_KEY = "gatewayz_sign_in_session"
 
 
 @dataclass(frozen=True)
@@ -58,9 +66,80 @@ class AppPage:
 
 
 PAGES = (
-    AppPage("keys", "pages/keys.py", "Keys", ":material/key:", frozenset({"owner", "admin"})),
+    AppPage("keys", "pages/keys.py", "Keys", ":material/key:", roles_for("keys.create")),
     AppPage("usage", "pages/usage.py", "Usage", ":material/monitoring:", frozenset(ROLES)),
     AppPage("models", "pages/models.py", "Models", ":material/list:", frozenset(ROLES)),
+    AppPage(
+        "budgets",
+        "pages/budgets.py",
+        "Budgets & limits",
+        ":material/savings:",
+        frozenset({"owner", "admin", "billing"}),
+    ),
+    AppPage(
+        "overview",
+        "pages/overview.py",
+        "Overview",
+        ":material/dashboard:",
+        frozenset({"owner", "admin", "team_admin", "billing", "viewer"}),
+    ),
+    AppPage(
+        "team_spend",
+        "pages/team_spend.py",
+        "Team spend",
+        ":material/groups:",
+        frozenset({"owner", "admin", "team_admin", "billing", "viewer"}),
+    ),
+    AppPage(
+        "model_analytics",
+        "pages/model_analytics.py",
+        "Model analytics",
+        ":material/insights:",
+        frozenset({"owner", "admin", "team_admin", "billing", "viewer"}),
+    ),
+    AppPage(
+        "explorer",
+        "pages/explorer.py",
+        "Usage explorer",
+        ":material/table_view:",
+        frozenset({"owner", "admin", "team_admin", "billing", "viewer"}),
+    ),
+    AppPage(
+        "reports",
+        "pages/reports.py",
+        "Research reports",
+        ":material/description:",
+        frozenset(ROLES),
+    ),
+    AppPage(
+        "billing",
+        "pages/billing.py",
+        "Billing",
+        ":material/payments:",
+        frozenset({"owner", "admin", "billing"}),
+    ),
+    AppPage("users", "pages/users.py", "Users", ":material/group:", roles_for("users.manage")),
+    AppPage(
+        "audit",
+        "pages/audit.py",
+        "Audit log",
+        ":material/policy:",
+        roles_for("audit.read"),
+    ),
+    AppPage(
+        "compare",
+        "pages/compare.py",
+        "Compare",
+        ":material/compare_arrows:",
+        frozenset({"owner", "admin", "team_admin", "researcher"}),
+    ),
+    AppPage(
+        "sessions",
+        "pages/sessions.py",
+        "Sessions & templates",
+        ":material/forum:",
+        frozenset({"owner", "admin", "team_admin", "researcher", "viewer"}),
+    ),
 )
 
 
@@ -129,12 +208,90 @@ def remember_password_sign_in(event: dict[str, Any]) -> None:
     st.session_state[SESSION_COOKIE_PENDING] = True
 
 
-def render_sign_in(authenticator: stauth.Authenticate) -> None:
+def wait_text(wait: timedelta) -> str:
+    minutes = max(1, math.ceil(wait.total_seconds() / 60))
+    return f"{minutes} minute" if minutes == 1 else f"{minutes} minutes"
+
+
+class SignInLimiter:
+    """Apply the failed sign-in limits of gateway_core.login_attempts to the login form.
+
+    streamlit-authenticator 0.4.2 counts failures only for known usernames,
+    in the credentials dict that this script rebuilds on every run, so its
+    own max_login_attempts cannot limit anything here. Its Authenticate.login calls
+    `authentication_controller.login(username, password, ...)` when the form
+    is submitted, and `login(token=...)` for a sign-in cookie. `install`
+    wraps that call on one authenticator, so every password attempt is
+    recorded and one over the limit is rejected before its password is
+    checked.
+    """
+
+    def __init__(self, engine: Engine, session_key: str, client_address: str | None) -> None:
+        self.engine = engine
+        self.session_key = session_key
+        self.client_address = client_address
+        # The limit that rejected this run's attempt, if one did.
+        self.rejection: login_attempts.Limit | None = None
+
+    def session_limit(self) -> login_attempts.Limit | None:
+        with self.engine.connect() as conn:
+            return login_attempts.check_limits(conn, username=None, session_key=self.session_key)
+
+    def install(self, authenticator: stauth.Authenticate) -> None:
+        controller = authenticator.authentication_controller
+        check_password = controller.login
+
+        def limited_login(
+            username: str | None = None, password: str | None = None, *args: Any, **kwargs: Any
+        ) -> bool | None:
+            if not username:
+                return check_password(username, password, *args, **kwargs)
+            with self.engine.begin() as conn:
+                attempt = login_attempts.begin_attempt(
+                    conn,
+                    username,
+                    session_key=self.session_key,
+                    client_address=self.client_address,
+                )
+            if attempt.limit is not None:
+                self.rejection = attempt.limit
+                logger.warning(
+                    "rejected sign-in for %s: too many failures for this %s",
+                    login_attempts.normalize_username(username),
+                    attempt.limit.scope,
+                )
+                return False
+            signed_in = check_password(username, password, *args, **kwargs)
+            if signed_in:
+                with self.engine.begin() as conn:
+                    login_attempts.finish_attempt(conn, attempt.attempt_id, success=True)
+            else:
+                logger.info("failed sign-in for %s", login_attempts.normalize_username(username))
+            return signed_in
+
+        controller.login = limited_login
+
+
+def limit_message(limit: login_attempts.Limit) -> str:
+    subject = "this username" if limit.scope == "username" else "this browser session"
+    return f"Too many failed sign-ins for {subject}. Try again in {wait_text(limit.retry_after)}."
+
+
+def render_sign_in(authenticator: stauth.Authenticate, limiter: SignInLimiter) -> None:
     st.title("Gatewayz")
-    # NOTE: failed sign-ins are not rate-limited. streamlit-authenticator counts
-    # them in the credentials dict, which this script rebuilds on every run.
     try:
-        authenticator.login(location="main", callback=remember_password_sign_in)
+        session_limit = limiter.session_limit()
+        limiter.install(authenticator)
+        # Over the session's limit, only a sign-in cookie is checked and no form is shown.
+        location = "main" if session_limit is None else "unrendered"
+        authenticator.login(location=location, callback=remember_password_sign_in)
+    except SQLAlchemyError as error:
+        logger.error("checking sign-in attempts in Postgres failed: %s", error)
+        st.error(
+            "Cannot check sign-in attempts in Postgres. Check that the database is running, "
+            "then reload the page."
+        )
+        return
     except LoginError as error:
         # The sign-in cookie names a user who is now disabled or deleted.
         logger.warning("rejected sign-in cookie: %s", error)
@@ -147,7 +304,11 @@ def render_sign_in(authenticator: stauth.Authenticate) -> None:
     status = st.session_state.get("authentication_status")
     if status:
         st.rerun()
-    if status is False:
+    if session_limit is not None:
+        st.error(limit_message(session_limit))
+    elif limiter.rejection is not None:
+        st.error(limit_message(limiter.rejection))
+    elif status is False:
         st.error("Incorrect username or password.")
 
 
@@ -236,7 +397,9 @@ def main() -> None:
         elif render_signed_in(authenticator, account):
             return
     sign_out(authenticator)
-    show_only(lambda: render_sign_in(authenticator), "Sign in", "sign-in")
+    session_key = st.session_state.setdefault(SESSION_SIGN_IN_KEY, secrets.token_hex(16))
+    limiter = SignInLimiter(engine_for(settings.database_url), session_key, st.context.ip_address)
+    show_only(lambda: render_sign_in(authenticator, limiter), "Sign in", "sign-in")
 
 
 main()

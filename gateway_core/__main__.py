@@ -12,7 +12,16 @@ from decimal import Decimal
 
 from sqlalchemy import Connection
 
-from gateway_core import audit, cli_admin, directory, keys, ledger, providers, provisioning
+from gateway_core import (
+    audit,
+    cli_admin,
+    cli_admin_keys,
+    directory,
+    keys,
+    ledger,
+    providers,
+    provisioning,
+)
 from gateway_core.config import ConfigError, Settings
 from gateway_core.db import get_engine, migrate
 from gateway_core.errors import GatewayError, InvalidRequestError, NotFoundError
@@ -99,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_credits_parser(commands)
     cli_admin.add_parsers(commands)
+    cli_admin_keys.add_parsers(commands)
     return parser
 
 
@@ -225,6 +235,8 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         audit_command(conn, args)
         if args.command == "credits":
             return run_credits_command(args, conn)
+        if args.command == "admin-keys":
+            return cli_admin_keys.run(args, conn, settings.secret)
         if args.command == "teams" and args.action == "create":
             team = directory.create_team(conn, args.name, args.org)
             print(f"created team {team.name!r} (id {team.id})")

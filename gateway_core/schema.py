@@ -202,6 +202,10 @@ usage_events = Table(
     # The key's tags and metadata at the time of the call.
     Column("key_tags", ARRAY(Text), nullable=False, server_default="{}"),
     Column("key_metadata", JSONB, nullable=False, server_default="{}"),
+    # The chat session and prompt template the call used, if any.
+    Column("session_id", String(40)),
+    Column("template_name", String(100)),
+    Column("template_version", Integer),
 )
 
 Index("ix_usage_events_created_at", usage_events.c.created_at)
@@ -355,6 +359,251 @@ rate_limit_windows = Table(
 
 Index("ix_rate_limit_windows_window_end", rate_limit_windows.c.window_end)
 
+
+def _usage_rollup(name: str) -> Table:
+    """Define a rollup of usage_events per time bucket and dimensions.
+
+    A statement-level trigger on usage_events (migration 0005) adds every
+    inserted row in the same transaction. Buckets start at whole UTC hours or
+    UTC midnights. NULL dimensions (no key, no project, no model) group
+    together, because the unique constraint treats NULLs as equal.
+    """
+    return Table(
+        name,
+        metadata,
+        Column("bucket_start", DateTime(timezone=True), nullable=False),
+        Column("organization_id", BigInteger),
+        Column("team_id", BigInteger),
+        Column("project_id", BigInteger),
+        Column("api_key_id", BigInteger),
+        Column("model", String(200)),
+        Column("provider", String(64)),
+        Column("requests", BigInteger, nullable=False, server_default="0"),
+        # Calls that returned HTTP status 400 or higher.
+        Column("errors", BigInteger, nullable=False, server_default="0"),
+        # Calls that needed more than one upstream attempt: a retry or a fallback.
+        Column("retried", BigInteger, nullable=False, server_default="0"),
+        Column("prompt_tokens", BigInteger, nullable=False, server_default="0"),
+        Column("completion_tokens", BigInteger, nullable=False, server_default="0"),
+        Column("cached_tokens", BigInteger, nullable=False, server_default="0"),
+        Column("cache_write_tokens", BigInteger, nullable=False, server_default="0"),
+        Column("reasoning_tokens", BigInteger, nullable=False, server_default="0"),
+        Column("cost_usd", Money, nullable=False, server_default="0"),
+        Column("latency_ms_sum", BigInteger, nullable=False, server_default="0"),
+        Column("latency_count", BigInteger, nullable=False, server_default="0"),
+        # Time to first token is recorded for streamed calls only.
+        Column("ttft_ms_sum", BigInteger, nullable=False, server_default="0"),
+        Column("ttft_count", BigInteger, nullable=False, server_default="0"),
+        UniqueConstraint(
+            "bucket_start",
+            "organization_id",
+            "team_id",
+            "project_id",
+            "api_key_id",
+            "model",
+            "provider",
+            name=f"uq_{name}_bucket_dimensions",
+            postgresql_nulls_not_distinct=True,
+        ),
+    )
+
+
+usage_hourly = _usage_rollup("usage_hourly")
+usage_daily = _usage_rollup("usage_daily")
+
+Index("ix_usage_hourly_team_bucket", usage_hourly.c.team_id, usage_hourly.c.bucket_start)
+Index("ix_usage_hourly_project_bucket", usage_hourly.c.project_id, usage_hourly.c.bucket_start)
+Index("ix_usage_daily_team_bucket", usage_daily.c.team_id, usage_daily.c.bucket_start)
+
+
+# Billing with Stripe (migration 0006). Stripe object ids are opaque
+# strings, stored in up to 255 characters.
+STRIPE_ID = String(255)
+
+billing_accounts = Table(
+    "billing_accounts",
+    metadata,
+    Column("organization_id", BigInteger, ForeignKey("organizations.id"), primary_key=True),
+    Column("stripe_customer_id", STRIPE_ID, unique=True),
+    # Self-service organizations start with False, and their first paid
+    # top-up or an admin's approval sets it. Organizations without a row
+    # here were created by an operator and may create live keys.
+    Column("live_keys_allowed", Boolean, nullable=False, server_default="true"),
+    Column("live_keys_approved_by", String(100)),
+    Column("referred_by_organization_id", BigInteger, ForeignKey("organizations.id")),
+    Column("referral_credited_at", DateTime(timezone=True)),
+    Column("first_paid_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+organization_members = Table(
+    "organization_members",
+    metadata,
+    Column("organization_id", BigInteger, ForeignKey("organizations.id"), primary_key=True),
+    Column("user_id", BigInteger, ForeignKey("users.id"), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+Index("ix_organization_members_user", organization_members.c.user_id)
+
+payments = Table(
+    "payments",
+    metadata,
+    # One Stripe Checkout Session for a credit top-up.
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column(
+        "organization_id", BigInteger, ForeignKey("organizations.id"), nullable=False, index=True
+    ),
+    Column("stripe_session_id", STRIPE_ID, nullable=False, unique=True),
+    Column("stripe_payment_intent_id", STRIPE_ID, unique=True),
+    # The top-up that was requested, in USD.
+    Column("amount", Money, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(16), nullable=False, server_default="pending"),
+    # Credit added, from the session's line items as Stripe reports them.
+    Column("credited", Money),
+    # Credit removed again because the charge was refunded.
+    Column("reversed", Money, nullable=False, server_default="0"),
+    # The charge's cumulative amount_refunded in cents, as last applied.
+    Column("refunded_cents", BigInteger, nullable=False, server_default="0"),
+    Column("receipt_email", String(320)),
+    Column("created_by", String(100)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("paid_at", DateTime(timezone=True)),
+    CheckConstraint(
+        "status IN ('pending', 'paid', 'failed', 'expired')", name="ck_payments_status"
+    ),
+    CheckConstraint("amount > 0", name="ck_payments_amount"),
+)
+
+stripe_events = Table(
+    "stripe_events",
+    metadata,
+    # Every webhook event processed, so a redelivered event is skipped.
+    Column("id", STRIPE_ID, primary_key=True),
+    Column("type", String(100), nullable=False),
+    # Stripe's `created` time of the event.
+    Column("created", DateTime(timezone=True), nullable=False),
+    # What handling the event did: processed or ignored.
+    Column("outcome", String(16), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+billing_plans = Table(
+    "billing_plans",
+    metadata,
+    # A Stripe recurring price and the credit allowance it includes per period.
+    Column("stripe_price_id", STRIPE_ID, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("monthly_allowance", Money, nullable=False),
+    Column("created_by", String(100)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("monthly_allowance >= 0", name="ck_billing_plans_allowance"),
+)
+
+billing_subscriptions = Table(
+    "billing_subscriptions",
+    metadata,
+    # The organization's plan as the latest applied Stripe event describes it.
+    Column("organization_id", BigInteger, ForeignKey("organizations.id"), primary_key=True),
+    Column("stripe_subscription_id", STRIPE_ID, nullable=False, unique=True),
+    Column("stripe_price_id", STRIPE_ID),
+    # Stripe's subscription status: active, past_due, canceled, unpaid, ...
+    Column("status", String(32), nullable=False),
+    Column("current_period_end", DateTime(timezone=True)),
+    Column("cancel_at_period_end", Boolean, nullable=False, server_default="false"),
+    # Set when a payment fails. The plan is still served until then.
+    Column("grace_until", DateTime(timezone=True)),
+    # `created` time of the Stripe event last applied, so an older event
+    # that arrives late does not overwrite a newer state.
+    Column("last_event_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+billing_invoices = Table(
+    "billing_invoices",
+    metadata,
+    Column("stripe_invoice_id", STRIPE_ID, primary_key=True),
+    Column(
+        "organization_id", BigInteger, ForeignKey("organizations.id"), nullable=False, index=True
+    ),
+    Column("stripe_subscription_id", STRIPE_ID),
+    Column("status", String(16), nullable=False),
+    Column("amount_due", Money, nullable=False),
+    Column("amount_paid", Money, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("hosted_invoice_url", Text),
+    Column("period_end", DateTime(timezone=True)),
+    # Plan allowance granted for this invoice. NULL until it is paid.
+    Column("allowance", Money),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("status IN ('paid', 'payment_failed')", name="ck_billing_invoices_status"),
+)
+
+coupons = Table(
+    "coupons",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    # Stored upper-case, so codes are matched case-insensitively.
+    Column("code", String(64), nullable=False, unique=True),
+    Column("credit", Money, nullable=False),
+    # NULL means no limit.
+    Column("max_redemptions", Integer),
+    Column("redemptions", Integer, nullable=False, server_default="0"),
+    Column("valid_from", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("valid_until", DateTime(timezone=True)),
+    Column("created_by", String(100)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("credit > 0", name="ck_coupons_credit"),
+    CheckConstraint("max_redemptions IS NULL OR max_redemptions > 0", name="ck_coupons_max"),
+    CheckConstraint(
+        "max_redemptions IS NULL OR redemptions <= max_redemptions", name="ck_coupons_redemptions"
+    ),
+    CheckConstraint("valid_until IS NULL OR valid_until > valid_from", name="ck_coupons_validity"),
+)
+
+coupon_redemptions = Table(
+    "coupon_redemptions",
+    metadata,
+    # The primary key allows each organization one redemption per coupon.
+    Column("coupon_id", BigInteger, ForeignKey("coupons.id"), primary_key=True),
+    Column("organization_id", BigInteger, ForeignKey("organizations.id"), primary_key=True),
+    Column("actor", String(100)),
+    Column("redeemed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+referral_codes = Table(
+    "referral_codes",
+    metadata,
+    Column("code", String(32), primary_key=True),
+    Column(
+        "organization_id",
+        BigInteger,
+        ForeignKey("organizations.id"),
+        nullable=False,
+        unique=True,
+    ),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+self_service_settings = Table(
+    "self_service_settings",
+    metadata,
+    # Exactly one row (id 1), written by migration 0006 and changed by admins.
+    Column("id", Integer, primary_key=True),
+    Column("signup_enabled", Boolean, nullable=False, server_default="false"),
+    Column("trial_credit", Money, nullable=False, server_default="10"),
+    Column("trial_days", Integer, nullable=False, server_default="14"),
+    # Credit given to both organizations after the referred one's first paid top-up.
+    Column("referral_credit", Money, nullable=False, server_default="10"),
+    Column("updated_by", String(100)),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("id = 1", name="ck_self_service_settings_single_row"),
+    CheckConstraint("trial_credit >= 0", name="ck_self_service_settings_trial_credit"),
+    CheckConstraint("trial_days > 0", name="ck_self_service_settings_trial_days"),
+    CheckConstraint("referral_credit >= 0", name="ck_self_service_settings_referral_credit"),
+)
+
 audit_log = Table(
     "audit_log",
     metadata,
@@ -407,4 +656,226 @@ request_bodies = Table(
 )
 Index(
     "ix_request_bodies_org_created", request_bodies.c.organization_id, request_bodies.c.created_at
+)
+
+admin_keys = Table(
+    "admin_keys",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("name", String(200), nullable=False),
+    # HMAC-SHA256 of the full admin key under the server secret.
+    Column("key_hash", LargeBinary(32), nullable=False, unique=True),
+    # "gw_admin_" and the next four characters, shown to recognise a key.
+    Column("prefix", String(16), nullable=False),
+    Column("last4", String(4), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("created_by", String(100)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("revoked_at", DateTime(timezone=True)),
+    CheckConstraint("role IN ('owner', 'admin', 'billing', 'viewer')", name="ck_admin_keys_role"),
+)
+
+login_attempts = Table(
+    "login_attempts",
+    metadata,
+    # One row per sign-in with a username and password (migration 0011).
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("attempted_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # As submitted, lowercased the way streamlit-authenticator compares it.
+    Column("username", String(200), nullable=False),
+    # Random id of the browser session, kept in its Streamlit session state.
+    Column("session_key", String(64), nullable=False),
+    # NULL when Streamlit reports none, as for connections from localhost.
+    Column("client_address", String(64)),
+    # "rejected" is an attempt refused by the rate limit without checking the password.
+    Column("outcome", String(16), nullable=False),
+    CheckConstraint(
+        "outcome IN ('success', 'failure', 'rejected')", name="ck_login_attempts_outcome"
+    ),
+)
+Index("ix_login_attempts_username_time", login_attempts.c.username, login_attempts.c.attempted_at)
+Index("ix_login_attempts_session_time", login_attempts.c.session_key, login_attempts.c.attempted_at)
+Index("ix_login_attempts_attempted_at", login_attempts.c.attempted_at)
+
+team_members = Table(
+    "team_members",
+    metadata,
+    # The teams a user belongs to. A team_admin user manages only teams
+    # where this row's role is "admin".
+    Column("user_id", BigInteger, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("team_id", BigInteger, ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True),
+    Column("role", String(16), nullable=False, server_default="member"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("role IN ('admin', 'member')", name="ck_team_members_role"),
+)
+Index("ix_team_members_team", team_members.c.team_id)
+
+
+# Model comparisons: each run sends every prompt to every model through the
+# proxy. The API key that paid for a run is never stored.
+comparison_runs = Table(
+    "comparison_runs",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    # "interactive" for one prompt typed in the app, "batch" for a prompt file.
+    Column("kind", String(16), nullable=False),
+    # "running" also covers a run whose app process stopped mid-way.
+    Column("status", String(16), nullable=False, server_default="running"),
+    Column("models", ARRAY(String(200)), nullable=False),
+    Column("system_prompt", Text),
+    Column("temperature", Numeric(4, 2, asdecimal=False)),
+    Column("max_tokens", Integer),
+    # Checks run on every prompt that has an expected answer.
+    Column("checks", ARRAY(String(16)), nullable=False, server_default="{}"),
+    # The run that this one repeats, for a re-run from history.
+    Column("source_run_id", BigInteger, ForeignKey("comparison_runs.id", ondelete="SET NULL")),
+    Column("created_by", String(100)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("finished_at", DateTime(timezone=True)),
+    CheckConstraint("kind IN ('interactive', 'batch')", name="ck_comparison_runs_kind"),
+    CheckConstraint(
+        "status IN ('running', 'cancelled', 'completed')", name="ck_comparison_runs_status"
+    ),
+)
+
+comparison_prompts = Table(
+    "comparison_prompts",
+    metadata,
+    Column(
+        "run_id",
+        BigInteger,
+        ForeignKey("comparison_runs.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    # 0-based row of the prompt within its run.
+    Column("position", Integer, primary_key=True),
+    Column("prompt", Text, nullable=False),
+    Column("expected", Text),
+)
+
+comparison_cells = Table(
+    "comparison_cells",
+    metadata,
+    # The result of one prompt on one model; a run is resumed by sending only
+    # the prompt and model pairs that have no row here.
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column(
+        "run_id", BigInteger, ForeignKey("comparison_runs.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("position", Integer, nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("answer", Text),
+    Column("error", Text),
+    # The proxy's x-request-id, which keys the call's usage_events row.
+    Column("request_id", String(64)),
+    Column("ttft_ms", Integer),
+    Column("latency_ms", Integer),
+    Column("input_tokens", Integer),
+    Column("output_tokens", Integer),
+    Column("tokens_per_second", Numeric(12, 2, asdecimal=False)),
+    Column("cost_usd", Money),
+    # Check outcomes; NULL when the check was not run.
+    Column("exact_match", Boolean),
+    Column("contains_match", Boolean),
+    Column("regex_match", Boolean),
+    Column("json_valid", Boolean),
+    Column("passed", Boolean),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("run_id", "position", "model", name="uq_comparison_cells_run_cell"),
+)
+
+comparison_ratings = Table(
+    "comparison_ratings",
+    metadata,
+    Column(
+        "cell_id",
+        BigInteger,
+        ForeignKey("comparison_cells.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("rated_by", String(100), primary_key=True),
+    Column("rating", Integer, nullable=False),
+    Column("note", Text),
+    Column("rated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("rating BETWEEN 1 AND 5", name="ck_comparison_ratings_rating"),
+)
+
+
+chat_sessions = Table(
+    "chat_sessions",
+    metadata,
+    # "sess_" followed by 32 hex digits; the id API clients use.
+    Column("id", String(40), primary_key=True),
+    Column("organization_id", BigInteger, ForeignKey("organizations.id"), nullable=False),
+    # Team and key that created the session; every key of the organization can use it.
+    Column("team_id", BigInteger),
+    Column("api_key_id", BigInteger),
+    Column("title", String(200)),
+    # Model used when a call that names the session sends no model.
+    Column("model", String(200)),
+    # Sent as the first message of every call that names the session.
+    Column("system_prompt", Text),
+    Column("metadata", JSONB, nullable=False, server_default="{}"),
+    # Messages stored so far. Appending raises it in the same transaction as
+    # the insert, and the row lock of that UPDATE orders concurrent appends.
+    Column("message_count", Integer, nullable=False, server_default="0"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+Index(
+    "ix_chat_sessions_organization_created",
+    chat_sessions.c.organization_id,
+    chat_sessions.c.created_at,
+)
+
+chat_session_messages = Table(
+    "chat_session_messages",
+    metadata,
+    Column(
+        "session_id",
+        String(40),
+        ForeignKey("chat_sessions.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    # Position in the conversation: 1, 2, 3, ... with no gaps.
+    Column("seq", Integer, primary_key=True),
+    Column("role", String(16), nullable=False),
+    # The message as sent to the model: role, content, name, tool_calls, tool_call_id.
+    Column("message", JSONB, nullable=False),
+    # Text of the content and tool call arguments, for search.
+    Column("content_text", Text, nullable=False, server_default=""),
+    # The call that added the message.
+    Column("request_id", String(64)),
+    # An answer cut short because the client disconnected mid-stream.
+    Column("partial", Boolean, nullable=False, server_default="false"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+prompt_templates = Table(
+    "prompt_templates",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("organization_id", BigInteger, ForeignKey("organizations.id"), nullable=False),
+    Column("name", String(100), nullable=False),
+    # 1, 2, 3, ... per name. A version is never changed: a trigger rejects
+    # UPDATE, and an edit inserts the next version.
+    Column("version", Integer, nullable=False),
+    # A string (rendered as one user message) or an array of
+    # {"role", "content"} messages, with {{name}} placeholders.
+    Column("content", JSONB, nullable=False),
+    # Placeholder names in order of first appearance.
+    Column("variables", ARRAY(String(100)), nullable=False, server_default="{}"),
+    Column("description", Text),
+    # "api_key:<id>" or the app user's username.
+    Column("created_by", String(100)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("organization_id", "name", "version", name="uq_prompt_templates_version"),
+)
+
+# Session totals on the app's sessions page sum usage rows by session.
+Index(
+    "ix_usage_events_session",
+    usage_events.c.session_id,
+    postgresql_where=usage_events.c.session_id.isnot(None),
 )

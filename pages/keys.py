@@ -1,32 +1,42 @@
-"""Keys page: create teams, issue API keys and revoke them.
+"""Keys page: create teams, issue API keys, restrict them and revoke them.
 
-app.py registers this page for owners and admins only. The check below also
-stops the page when Streamlit runs it without app.py (see app.py's docstring).
+app.py registers this page for the roles that gateway_core.access allows
+"keys.create": owners and admins for every team, team admins for the teams
+they administer. The check below also stops the page when Streamlit runs it
+without app.py (see app.py's docstring). gateway_core.keys_admin checks the
+role again before each write and records it in the audit log.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, date, datetime, time
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
-from gateway_core import directory, keys
+from gateway_core import access, directory, keys, keys_admin
+from gateway_core.access import Actor
 from gateway_core.config import Settings
 from gateway_core.db import get_engine
-from gateway_core.errors import InvalidRequestError, NotFoundError
+from gateway_core.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 
 PAGE_NAME = "keys"
 LIST_TTL_SECONDS = 10
 # Session-state key for a message shown once after the rerun that follows a write.
 FLASH_MESSAGE = "keys_page_flash"
+# Widgets of the restrictions form, whose keys are f"policy_{name}_{key id}".
+POLICY_WIDGETS = ("models", "endpoints", "networks", "referrers", "expires", "tags")
 
 logger = logging.getLogger("gatewayz.app.keys")
 
 if PAGE_NAME not in st.session_state.get("gatewayz_allowed_pages", ()):
-    st.error("Sign in as an owner or admin to manage API keys: open the app's home page.")
+    st.error(
+        "Sign in as an owner, admin or team admin to manage API keys: open the app's home page."
+    )
     st.stop()
 
 
@@ -36,9 +46,10 @@ def engine_for(database_url: str) -> Engine:
 
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
-def load_teams(database_url: str) -> list[directory.Team]:
+def load_teams(database_url: str, username: str, role: str) -> list[directory.Team]:
+    """Return the teams whose keys this user may manage."""
     with engine_for(database_url).connect() as conn:
-        return directory.list_teams(conn)
+        return keys_admin.visible_teams(conn, Actor(username, role))
 
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
@@ -51,7 +62,20 @@ def key_label(key: keys.KeySummary) -> str:
     return f"{key.prefix}…{key.last4}"
 
 
-def render_create_team(engine: Engine, username: str) -> None:
+def current_actor() -> Actor:
+    user = st.session_state["gatewayz_user"]
+    return Actor(user["username"], user["role"], st.context.ip_address)
+
+
+def split_list(text: str) -> list[str] | None:
+    """Return the comma-separated items of `text`, or None (no restriction) when it has none."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    return items or None
+
+
+def render_create_team(engine: Engine, actor: Actor) -> None:
+    if not access.can(actor.role, "teams.create"):
+        return
     st.subheader("Create a team")
     with st.form("create_team", clear_on_submit=True):
         name = st.text_input("Team name", max_chars=200, key="team_name")
@@ -61,19 +85,21 @@ def render_create_team(engine: Engine, username: str) -> None:
 
     try:
         with engine.begin() as conn:
-            team = directory.create_team(conn, name)
-    except InvalidRequestError as error:
-        logger.info("user %s: team not created: %s", username, error.message)
+            team = keys_admin.create_team(conn, actor, name)
+    except (InvalidRequestError, PermissionDeniedError) as error:
+        logger.info("user %s: team not created: %s", actor.username, error.message)
         st.error(error.message)
         return
     except IntegrityError:
         # Another session created the same team between the check and the insert.
-        logger.warning("user %s: team %r created concurrently by another session", username, name)
+        logger.warning(
+            "user %s: team %r created concurrently by another session", actor.username, name
+        )
         st.error(f"Team {name.strip()!r} already exists.")
         return
 
     load_teams.clear()
-    logger.info("user %s created team %d", username, team.id)
+    logger.info("user %s created team %d", actor.username, team.id)
     st.success(f"Created team {team.name!r}.")
 
 
@@ -97,11 +123,17 @@ def key_form(teams: list[directory.Team]) -> tuple[int, str, str] | None:
 
 
 def render_create_key(
-    engine: Engine, secret: bytes, teams: list[directory.Team], username: str
+    engine: Engine, secret: bytes, teams: list[directory.Team], actor: Actor
 ) -> None:
     st.subheader("Create an API key")
-    if not teams:
+    if not teams and access.can(actor.role, "teams.create"):
         st.info("No teams yet: create one above.")
+        return
+    if not teams:
+        st.info(
+            "You administer no teams yet. An owner or admin can make you a team admin "
+            "on the Users page."
+        )
         return
     submission = key_form(teams)
     if submission is None:
@@ -113,19 +145,24 @@ def render_create_key(
 
     try:
         with engine.begin() as conn:
-            issued = keys.create_key(
-                conn, secret, team_id=team_id, name=name.strip(), mode=mode, created_by=username
+            issued = keys_admin.create_key(
+                conn, secret, actor, team_id=team_id, name=name.strip(), mode=mode
             )
+    except PermissionDeniedError as error:
+        load_teams.clear()
+        logger.warning("user %s: key not created: %s", actor.username, error.message)
+        st.error(error.message)
+        return
     except IntegrityError:
         load_teams.clear()
         logger.warning(
-            "user %s: key not created because team %d no longer exists", username, team_id
+            "user %s: key not created because team %d no longer exists", actor.username, team_id
         )
         st.error("That team no longer exists. Pick another team.")
         return
 
     load_keys.clear()
-    logger.info("user %s created %s key %d for team %d", username, mode, issued.id, team_id)
+    logger.info("user %s created %s key %d for team %d", actor.username, mode, issued.id, team_id)
     team_name = next(team.name for team in teams if team.id == team_id)
     st.success(f"Created {issued.mode} key {issued.name!r} for team {team_name!r}.")
     st.warning(
@@ -160,7 +197,7 @@ def render_key_list(key_list: list[keys.KeySummary]) -> None:
     )
 
 
-def render_revoke(engine: Engine, key_list: list[keys.KeySummary], username: str) -> None:
+def render_revoke(engine: Engine, key_list: list[keys.KeySummary], actor: Actor) -> None:
     st.subheader("Revoke a key")
     active = {key.id: key for key in key_list if key.revoked_at is None}
     if not active:
@@ -189,15 +226,21 @@ def render_revoke(engine: Engine, key_list: list[keys.KeySummary], username: str
 
     try:
         with engine.begin() as conn:
-            revoked = keys.revoke_key(conn, key_id)
+            revoked = keys_admin.revoke_key(conn, actor, key_id)
     except NotFoundError:
-        logger.warning("user %s: key %d not revoked because it no longer exists", username, key_id)
+        logger.warning(
+            "user %s: key %d not revoked because it no longer exists", actor.username, key_id
+        )
         st.error("That key no longer exists. Reload the page.")
+        return
+    except PermissionDeniedError as error:
+        logger.warning("user %s: key %d not revoked: %s", actor.username, key_id, error.message)
+        st.error(error.message)
         return
 
     load_keys.clear()
     if revoked:
-        logger.info("user %s revoked key %d", username, key_id)
+        logger.info("user %s revoked key %d", actor.username, key_id)
     label = f"{active[key_id].name!r} ({key_label(active[key_id])})"
     st.session_state[FLASH_MESSAGE] = (
         f"Revoked key {label}." if revoked else f"Key {label} was already revoked."
@@ -205,15 +248,118 @@ def render_revoke(engine: Engine, key_list: list[keys.KeySummary], username: str
     st.rerun()
 
 
+def policy_form(key_id: int, policy: dict[str, Any]) -> dict[str, Any] | None:
+    """Render the restrictions form for one key and return the new values when it is submitted."""
+    expires_at = policy["expires_at"]
+    expires_date = expires_at.astimezone(UTC).date() if expires_at else None
+    with st.form(f"key_policy_{key_id}"):
+        models = st.text_input(
+            "Allowed models",
+            ", ".join(policy["allowed_models"] or []),
+            placeholder="openai/gpt-4o-mini, anthropic/*",
+            help="Model ids, aliases or glob patterns, separated by commas. Empty allows any.",
+            key=f"policy_models_{key_id}",
+        )
+        endpoints = st.multiselect(
+            "Allowed endpoints",
+            sorted(keys.ENDPOINTS),
+            default=sorted(policy["allowed_endpoints"] or []),
+            help="Empty allows every endpoint.",
+            key=f"policy_endpoints_{key_id}",
+        )
+        networks = st.text_input(
+            "Allowed client networks",
+            ", ".join(str(network) for network in policy["allowed_ips"] or []),
+            placeholder="10.0.0.0/8, 203.0.113.7",
+            help="IP addresses or CIDR networks, separated by commas. Empty allows any.",
+            key=f"policy_networks_{key_id}",
+        )
+        referrers = st.text_input(
+            "Allowed referrers",
+            ", ".join(policy["allowed_referrers"] or []),
+            help="Referer hosts, separated by commas. Empty allows any.",
+            key=f"policy_referrers_{key_id}",
+        )
+        expires_on = st.date_input(
+            "Expires on (00:00 UTC)",
+            value=expires_date,
+            help="Leave empty for a key that does not expire.",
+            key=f"policy_expires_{key_id}",
+        )
+        tags = st.text_input(
+            "Tags",
+            ", ".join(policy["tags"] or []),
+            help="Labels copied onto the key's usage rows, separated by commas.",
+            key=f"policy_tags_{key_id}",
+        )
+        submitted = st.form_submit_button("Save restrictions")
+    if not submitted:
+        return None
+    return {
+        "allowed_models": split_list(models),
+        "allowed_endpoints": endpoints or None,
+        "allowed_ips": split_list(networks),
+        "allowed_referrers": split_list(referrers),
+        # An unchanged date keeps the time of day, such as the end of a rotation's grace.
+        "expires_at": expires_at if expires_on == expires_date else expiry(expires_on),
+        "tags": split_list(tags) or [],
+    }
+
+
+def expiry(expires_on: date | None) -> datetime | None:
+    return None if expires_on is None else datetime.combine(expires_on, time(0), UTC)
+
+
+def render_policy(engine: Engine, key_list: list[keys.KeySummary], actor: Actor) -> None:
+    st.subheader("Restrict a key")
+    active = {key.id: key for key in key_list if key.revoked_at is None}
+    if not active:
+        st.info("No active keys to restrict.")
+        return
+    # Outside the form, so choosing another key reruns the page and fills in its restrictions.
+    key_id = st.selectbox(
+        "Key",
+        list(active),
+        format_func=lambda i: f"{active[i].team_name} / {active[i].name} ({key_label(active[i])})",
+        key="policy_key_id",
+    )
+    try:
+        with engine.connect() as conn:
+            policy = keys_admin.key_policy(conn, actor, key_id)
+    except (NotFoundError, PermissionDeniedError) as error:
+        st.error(f"{error.message}. Reload the page.")
+        return
+    values = policy_form(key_id, policy)
+    if values is None:
+        return
+
+    try:
+        with engine.begin() as conn:
+            keys_admin.set_key_policy(conn, actor, key_id, **values)
+    except (InvalidRequestError, NotFoundError, PermissionDeniedError) as error:
+        logger.info("user %s: key %d not restricted: %s", actor.username, key_id, error.message)
+        st.error(error.message)
+        return
+    logger.info("user %s changed the restrictions of key %d", actor.username, key_id)
+    # Dropping the widgets' state makes the rerun fill them in from the saved values.
+    for field in POLICY_WIDGETS:
+        st.session_state.pop(f"policy_{field}_{key_id}", None)
+    st.session_state[FLASH_MESSAGE] = f"Saved the restrictions of key {active[key_id].name!r}."
+    st.rerun()
+
+
 settings = Settings.from_env()
 engine = engine_for(settings.database_url)
-user = st.session_state["gatewayz_user"]
+actor = current_actor()
 
 st.title("API keys")
 if FLASH_MESSAGE in st.session_state:
     st.success(st.session_state.pop(FLASH_MESSAGE))
-render_create_team(engine, user["username"])
-render_create_key(engine, settings.secret, load_teams(settings.database_url), user["username"])
-key_list = load_keys(settings.database_url)
+render_create_team(engine, actor)
+teams = load_teams(settings.database_url, actor.username, actor.role)
+render_create_key(engine, settings.secret, teams, actor)
+team_ids = {team.id for team in teams}
+key_list = [key for key in load_keys(settings.database_url) if key.team_id in team_ids]
 render_key_list(key_list)
-render_revoke(engine, key_list, user["username"])
+render_revoke(engine, key_list, actor)
+render_policy(engine, key_list, actor)

@@ -10,11 +10,11 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from gateway_core.config import Settings
 from gateway_core.errors import GatewayError, InvalidRequestError, NotFoundError
-from proxy import routes
+from proxy import admin_api, billing_webhook, routes, sessions
 from proxy.context import CallContext
 from proxy.gateway import Gateway
 from proxy.key_info import key_info
@@ -82,9 +82,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/v1/models", routes.list_models, methods=["GET"]),
             Route("/v1/key", key_info, methods=["GET"]),
             Route("/v1/models/{model_id:path}", routes.retrieve_model, methods=["GET"]),
+            *sessions.ROUTES,
             Route("/health/live", health_live, methods=["GET"]),
+            Route("/billing/stripe/webhook", billing_webhook.stripe_webhook, methods=["POST"]),
             Route("/health/ready", health_ready, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
+            Mount("/admin", app=admin_api.create_admin_app(settings)),
         ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,

@@ -62,6 +62,10 @@ class CallContext:
     # Rate-limit consumption, released when the call ends.
     rate_ticket: RateLimitTicket | None = None
     rate_headers: dict[str, str] = field(default_factory=dict)
+    # The chat session and prompt template version the call used, if any.
+    session_id: str | None = None
+    template_name: str | None = None
+    template_version: int | None = None
     # Bodies kept for storage when the key's privacy settings ask for it.
     log_bodies: bool = False
     request_body: dict[str, Any] | None = None
@@ -105,6 +109,9 @@ class CallContext:
             "latency_ms": round((finished - self.started) * 1000),
             "ttft_ms": ttft_ms,
             "attempts": self.attempts,
+            "session_id": self.session_id,
+            "template_name": self.template_name,
+            "template_version": self.template_version,
             "key_tags": list(identity.policy.tags) if identity else [],
             "key_metadata": Jsonb(identity.policy.metadata) if identity else Jsonb({}),
         }

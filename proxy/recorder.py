@@ -60,6 +60,9 @@ COLUMNS = (
     "attempts",
     "key_tags",
     "key_metadata",
+    "session_id",
+    "template_name",
+    "template_version",
 )
 _COLUMN_LIST = ", ".join(COLUMNS)
 # Maximum lengths of the text columns, from gateway_core/schema.py.
@@ -148,6 +151,8 @@ class UsageRecorder:
 
     def record(self, row: dict[str, Any]) -> None:
         """Queue one usage row; never blocks, so it is safe in `finally` blocks."""
+        row.setdefault("key_tags", [])
+        row.setdefault("key_metadata", Jsonb({}))
         for column, limit in _TEXT_LIMITS.items():
             value = row.get(column)
             if isinstance(value, str) and (len(value) > limit or "\x00" in value):

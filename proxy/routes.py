@@ -35,6 +35,7 @@ from gateway_core.pricing import (
 )
 from proxy.admission import output_limit
 from proxy.auth import bearer_token
+from proxy.chat_history import prepare_chat
 from proxy.context import CallContext, KeyIdentity
 from proxy.gateway import Gateway
 from proxy.key_policy import check_access, client_address, referrer_host
@@ -372,6 +373,11 @@ async def handle_call(request: Request, api: Endpoint) -> Response:
     try:
         ctx.identity = await authenticate(request, gateway, ctx)
         body, size = await read_json_object(request, gateway.settings.max_body_bytes)
+        preparation = None
+        if api.name == "chat":
+            preparation = await prepare_chat(gateway, ctx, body, request.headers)
+            if preparation is not None:
+                body, size = preparation.body, preparation.size
         validate_common(body)
         api.validate(body)
         ctx.model = body["model"]
@@ -404,11 +410,18 @@ async def handle_call(request: Request, api: Endpoint) -> Response:
         if isinstance(result, EventStream):
             streaming = True
             source = api.relay(gateway, ctx, route, endpoint, result, body)
-            return EventStreamResponse(source, headers=response_headers(ctx, route))
+            extra_headers: dict[str, str] = {}
+            if preparation is not None:
+                source, extra_headers = preparation.wrap_stream(ctx, source), preparation.headers
+            return EventStreamResponse(source, headers=response_headers(ctx, route) | extra_headers)
         answer = api.answer(endpoint, route, result.body)
-        return complete(
+        response = complete(
             gateway, ctx, route, result.status_code, answer, api.usage(endpoint, result.body)
         )
+        if preparation is not None:
+            await preparation.finish(ctx, answer)
+            response.headers.update(preparation.headers)
+        return response
     except RateLimitError as error:
         if ctx.reservation is not None:
             # Rejected by a rate limit: the reservation is handed back whole.

@@ -36,6 +36,8 @@ from tests.conftest import TEST_SECRET
 APP_PATH = Path(__file__).resolve().parent.parent / "app.py"
 PASSWORD = "correct horse battery"
 TIMEOUT_SECONDS = 60
+# Pages every role except researcher gets; researchers get only "reports" of these.
+ANALYTICS_PAGES = ("overview", "team_spend", "model_analytics", "explorer", "reports")
 
 
 @pytest.fixture
@@ -47,6 +49,8 @@ def app_env(engine: Engine, server_env: dict[str, str], monkeypatch) -> Iterator
     st.cache_resource.clear()
     jar: dict[str, str] = {}
     monkeypatch.setattr(ContextProxy, "cookies", property(lambda self: StreamlitCookies(jar)))
+    # AppTest's client address is a MagicMock; Streamlit reports None for localhost.
+    monkeypatch.setattr(ContextProxy, "ip_address", property(lambda self: None))
     yield jar
     st.cache_data.clear()
     st.cache_resource.clear()
@@ -173,7 +177,20 @@ def test_sign_in_shows_navigation(cookies, engine: Engine) -> None:
 
     assert at.session_state["authentication_status"] is True
     assert at.session_state["gatewayz_user"]["role"] == "owner"
-    assert at.session_state["gatewayz_allowed_pages"] == frozenset({"keys", "usage", "models"})
+    assert at.session_state["gatewayz_allowed_pages"] == frozenset(
+        {
+            "keys",
+            "usage",
+            "models",
+            "budgets",
+            "billing",
+            "users",
+            "audit",
+            "compare",
+            "sessions",
+            *ANALYTICS_PAGES,
+        }
+    )
     assert labels(at.sidebar.button) == ["Log out"]
     assert "Signed in as **Alice** (owner)" in values(at.sidebar.caption)
     assert values(at.title) == ["API keys"]
@@ -268,7 +285,20 @@ def test_cookie_signs_in(cookies, engine: Engine) -> None:
     at = start_app()
 
     assert at.session_state["authentication_status"] is True
-    assert at.session_state["gatewayz_allowed_pages"] == frozenset({"keys", "usage", "models"})
+    assert at.session_state["gatewayz_allowed_pages"] == frozenset(
+        {
+            "keys",
+            "usage",
+            "models",
+            "budgets",
+            "billing",
+            "users",
+            "audit",
+            "compare",
+            "sessions",
+            *ANALYTICS_PAGES,
+        }
+    )
     assert values(at.title) == ["API keys"]
     # Signing in from the cookie does not issue a fresh one with a later expiry.
     assert cookie_calls(at, "set") == []
@@ -302,7 +332,9 @@ def test_viewer_has_no_keys_page(cookies, engine: Engine) -> None:
     add_user(engine, "victor", "viewer")
     at = sign_in(start_app(), "victor")
 
-    assert at.session_state["gatewayz_allowed_pages"] == frozenset({"usage", "models"})
+    assert at.session_state["gatewayz_allowed_pages"] == frozenset(
+        {"usage", "models", "sessions", *ANALYTICS_PAGES}
+    )
     assert values(at.title) == ["Usage"]
     with pytest.raises(ValueError, match="Could not find a navigation page"):
         at.switch_page("pages/keys.py")
@@ -330,8 +362,9 @@ def test_keys_page_run_directly_stops(app_env, engine: Engine) -> None:
     at.switch_page("pages/keys.py")
     at.run()
 
-    assert "Sign in as an owner or admin to manage API keys: open the app's home page." in values(
-        at.error
+    assert (
+        "Sign in as an owner, admin or team admin to manage API keys: open the app's home page."
+        in values(at.error)
     )
     assert "Create team" not in labels(at.button)
     assert not at.text_input

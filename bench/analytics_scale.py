@@ -1,0 +1,436 @@
+"""Time the analytics pages' queries and a one-year report export on N usage rows.
+
+Creates a fresh database on the local Postgres server (127.0.0.1:5432 by
+default) and migrates it. Adds one organization (America/New_York) with 10
+teams, 30 projects and 100 keys. Inserts N calls spread over the last 365
+days with generate_series, one million rows per INSERT, so the rollup trigger
+fills usage_hourly and usage_daily as it does for the proxy's recorder. Then
+it runs, twice, the queries each page runs on its first load with default
+filters, and exports a one-year research report of the busiest team and a
+45-day Usage explorer CSV. The database is dropped at the end unless --keep
+is given.
+
+Usage: `python -m bench.analytics_scale [--rows N] [--keep]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import platform
+import statistics
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import duckdb
+import psycopg
+from sqlalchemy import Connection, Engine
+
+from bench.stack import DEFAULT_POSTGRES, BenchDatabase
+from gateway_core import analytics, budgets, explorer, reports, usage_stats
+from gateway_core.db import get_engine
+from gateway_core.time_ranges import day_range, period_range, zone_info
+from gateway_core.usage_stats import UsageScope
+
+TIMEZONE = "America/New_York"
+TEAMS = 10
+PROJECTS_PER_TEAM = 3
+KEYS_PER_TEAM = 10
+CHUNK_ROWS = 1_000_000
+EXPORT_DAYS = 45
+RECORDER_BATCHES = 40
+RECORDER_BATCH_ROWS = 500
+# (model, provider, USD per input token, USD per output token)
+MODELS = [
+    ("openai/gpt-4o-mini", "openai", "0.00000015", "0.0000006"),
+    ("openai/gpt-4o", "openai", "0.0000025", "0.00001"),
+    ("openai/o3-mini", "openai", "0.0000011", "0.0000044"),
+    ("anthropic/claude-sonnet-4", "anthropic", "0.000003", "0.000015"),
+    ("anthropic/claude-haiku-3.5", "anthropic", "0.0000008", "0.000004"),
+    ("gemini/gemini-2.5-flash", "gemini", "0.0000003", "0.0000025"),
+    ("gemini/gemini-2.5-pro", "gemini", "0.00000125", "0.00001"),
+    ("azure/gpt-4.1", "azure", "0.000002", "0.000008"),
+]
+
+# Each key uses three models, so an hour contains a few hundred distinct rollup
+# rows rather than one per call. A third of the calls go to team-00's keys,
+# so that team has about 40% of the traffic. OFFSET 0 keeps the inner query
+# from being merged into the outer one, so each random() runs once per row.
+# Calls arrive in time order, as the recorder writes them, so the rows of
+# one week sit together on disk as they would in production.
+GENERATE_SQL = """
+INSERT INTO usage_events (
+    request_id, created_at, organization_id, team_id, api_key_id, project_id, endpoint,
+    model, provider, status_code, error_type, stream, partial, prompt_tokens,
+    completion_tokens, cached_tokens, cost_usd, latency_ms, ttft_ms, attempts
+)
+SELECT
+    'bench-' || g.i,
+    %(end)s::timestamptz - g.age,
+    k.organization_id, k.team_id, k.key_id, k.project_id, 'chat.completions',
+    m.model, m.provider,
+    g.status, CASE WHEN g.status >= 400 THEN 'upstream_error' END,
+    g.i %% 2 = 0, false, g.prompt, g.completion, g.prompt / 4,
+    CASE WHEN g.status < 400 THEN g.prompt * m.input_price + g.completion * m.output_price
+         ELSE 0 END,
+    g.latency,
+    CASE WHEN g.i %% 2 = 0 THEN g.ttft END,
+    g.attempts
+FROM (
+    SELECT
+        i,
+        (%(rows)s - i) * (interval '365 days' / %(rows)s) + random() * interval '1 minute'
+            AS age,
+        CASE WHEN i %% 100 < 2 THEN 429 WHEN i %% 100 = 2 THEN 502 ELSE 200 END AS status,
+        100 + (random() * 4000)::int AS prompt,
+        10 + (random() * 800)::int AS completion,
+        50 + (random() * 3000)::int AS latency,
+        20 + (random() * 400)::int AS ttft,
+        CASE WHEN random() < 0.05 THEN 2 ELSE 1 END AS attempts
+    FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS i
+    OFFSET 0
+) AS g
+JOIN bench_keys AS k
+    ON k.idx = CASE WHEN g.i %% 3 = 0 THEN g.i %% %(keys_per_team)s ELSE g.i %% %(keys)s END
+JOIN bench_models AS m ON m.idx = (k.idx + g.i %% 3) %% %(models)s
+"""
+
+
+@dataclass
+class Timing:
+    name: str
+    seconds: list[float]
+    detail: str = ""
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def create_directory(conn: psycopg.Connection) -> None:
+    """Insert the organization, teams, projects and keys, and the bench_* lookup tables."""
+    conn.execute("INSERT INTO organizations (name, timezone) VALUES ('Bench', %s)", (TIMEZONE,))
+    conn.execute(
+        "INSERT INTO teams (organization_id, name) "
+        "SELECT 1, 'team-' || lpad(t::text, 2, '0') FROM generate_series(0, %s) AS t",
+        (TEAMS - 1,),
+    )
+    conn.execute(
+        "INSERT INTO projects (team_id, name, principal_investigator, cost_centre) "
+        "SELECT t.id, 'project-' || t.id || '-' || p, 'Dr. PI ' || t.id, 'CC-' || t.id || p "
+        "FROM teams AS t CROSS JOIN generate_series(0, %s) AS p",
+        (PROJECTS_PER_TEAM - 1,),
+    )
+    # Key j of a team belongs to project j % (PROJECTS_PER_TEAM + 1), none for the last.
+    conn.execute(
+        "INSERT INTO api_keys (team_id, project_id, name, key_hash, prefix, last4, mode) "
+        "SELECT t.id, (SELECT p.id FROM projects AS p WHERE p.team_id = t.id "
+        "ORDER BY p.id OFFSET j %% %s LIMIT 1), 'key-' || t.id || '-' || j, "
+        "sha256(convert_to(t.id || '-' || j, 'UTF8')), 'gw_live_Bnch', lpad(j::text, 4, '0'), "
+        "'live' FROM teams AS t CROSS JOIN generate_series(0, %s) AS j",
+        (PROJECTS_PER_TEAM + 1, KEYS_PER_TEAM - 1),
+    )
+    # The key of row idx: team idx % TEAMS, so low idx values cycle over team 0's keys first.
+    conn.execute(
+        "CREATE TABLE bench_keys AS SELECT (row_number() OVER (ORDER BY k.team_id, k.id) - 1) "
+        "AS idx, k.id AS key_id, k.team_id, k.project_id, t.organization_id "
+        "FROM api_keys AS k JOIN teams AS t ON t.id = k.team_id"
+    )
+    conn.execute(
+        "CREATE TABLE bench_models (idx int, model text, provider text, "
+        "input_price numeric, output_price numeric)"
+    )
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO bench_models VALUES (%s, %s, %s, %s, %s)",
+            [(i, *model) for i, model in enumerate(MODELS)],
+        )
+
+
+def generate_rows(url: str, rows: int, end: datetime) -> float:
+    """Insert `rows` calls in chunks and return the seconds taken, VACUUM ANALYZE included."""
+    started = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        for first in range(0, rows, CHUNK_ROWS):
+            last = min(first + CHUNK_ROWS, rows) - 1
+            chunk_started = time.perf_counter()
+            conn.execute(
+                GENERATE_SQL,
+                {
+                    "end": end,
+                    "rows": rows,
+                    "first": first,
+                    "last": last,
+                    "keys": TEAMS * KEYS_PER_TEAM,
+                    "keys_per_team": KEYS_PER_TEAM,
+                    "models": len(MODELS),
+                },
+            )
+            log(
+                f"  inserted rows {first:,}..{last:,} in "
+                f"{time.perf_counter() - chunk_started:.1f} s"
+            )
+        conn.execute("VACUUM ANALYZE usage_events")
+        conn.execute("VACUUM ANALYZE usage_hourly")
+        conn.execute("VACUUM ANALYZE usage_daily")
+    return time.perf_counter() - started
+
+
+def count(url: str, table: str) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # type: ignore[index]
+
+
+class CountingWriter(io.TextIOBase):
+    """A text sink that counts characters, so the export measures query and CSV work only."""
+
+    def __init__(self) -> None:
+        self.characters = 0
+
+    def write(self, text: str) -> int:
+        self.characters += len(text)
+        return len(text)
+
+
+def page_queries(
+    now: datetime, duckdb_connection: duckdb.DuckDBPyConnection
+) -> dict[str, Callable[[Connection], Any]]:
+    """Return, per page, a function that runs the queries of its first load."""
+    today = now.astimezone(zone_info(TIMEZONE)).date()
+    scope = UsageScope(1)
+
+    def last_days(days: int):
+        return day_range(today - timedelta(days=days - 1), today + timedelta(days=1), TIMEZONE)
+
+    def overview(conn: Connection) -> None:
+        current, previous = period_range("this_month", now, TIMEZONE)
+        today_range, _ = period_range("today", now, TIMEZONE)
+        for time_range in (current, previous, today_range):
+            usage_stats.usage_totals(conn, scope, time_range)
+        usage_stats.latency_percentiles(conn, scope, current)
+        usage_stats.latency_percentiles(conn, scope, previous)
+        usage_stats.spend_over_time(conn, scope, current, "day", TIMEZONE)
+        for by in usage_stats.TOP_DIMENSIONS:
+            usage_stats.top_spenders(conn, scope, current, by)
+
+    def team_spend(conn: Connection) -> None:
+        names = usage_stats.organization_names(conn, 1)
+        team_id = next(iter(names.teams))
+        time_range = last_days(30)
+        team = UsageScope(1, team_id=team_id)
+        usage_stats.spend_by(conn, scope, time_range, "team")
+        usage_stats.spend_over_time(conn, team, time_range, "day", TIMEZONE)
+        usage_stats.spend_by(conn, team, time_range, "project")
+        usage_stats.spend_by(conn, team, time_range, "key")
+        for budget in budgets.list_budgets(conn, "team", team_id):
+            budgets.budget_status(conn, budget, TIMEZONE)
+
+    def model_analytics(conn: Connection) -> None:
+        usage_stats.organization_names(conn, 1)
+        usage_stats.model_stats(conn, scope, last_days(7))
+
+    def usage_explorer(conn: Connection) -> None:
+        usage_stats.organization_names(conn, 1)
+        time_range = last_days(7)
+        filters = explorer.ExplorerFilters(time_range.start, time_range.end, organization_id=1)
+        explorer.count_rows(conn, filters, 100_001)
+        explorer.fetch_rows(conn, filters)
+
+    def research_reports(conn: Connection) -> None:
+        names = usage_stats.organization_names(conn, 1)
+        team_scope = reports.scope_for_team(conn, next(iter(names.teams)))
+        reports.report_summary(conn, team_scope, today.replace(day=1), today + timedelta(days=1))
+
+    def usage_page(conn: Connection) -> None:
+        # The existing Usage page reads usage_events through DuckDB, for comparison.
+        time_range = last_days(7)
+        with duckdb_connection.cursor() as cursor:
+            analytics.usage_over_time(
+                cursor, start=time_range.start, end=time_range.end, bucket="day"
+            )
+            analytics.usage_rows(cursor, start=time_range.start, end=time_range.end)
+
+    return {
+        "Usage (DuckDB, existing page)": usage_page,
+        "Overview": overview,
+        "Team spend": team_spend,
+        "Model analytics": model_analytics,
+        "Usage explorer": usage_explorer,
+        "Research reports": research_reports,
+    }
+
+
+def time_twice(engine: Engine, name: str, run: Callable[[Connection], Any]) -> Timing:
+    seconds = []
+    for _ in range(2):
+        with engine.connect() as conn:
+            started = time.perf_counter()
+            run(conn)
+            seconds.append(time.perf_counter() - started)
+    return Timing(name, seconds)
+
+
+def time_report_export(engine: Engine, today: date) -> Timing:
+    with engine.connect() as conn:
+        scope = reports.scope_for_team(conn, 1)
+        out = CountingWriter()
+        started = time.perf_counter()
+        totals = reports.write_report_csv(conn, scope, today - timedelta(days=365), today, out)
+        seconds = time.perf_counter() - started
+    detail = (
+        f"{totals.rows:,} rows, {totals.requests:,} requests, {out.characters / 1e6:.1f} MB CSV"
+    )
+    return Timing("Research report, team-00, 365 days", [seconds], detail)
+
+
+def time_explorer_export(engine: Engine, now: datetime) -> Timing:
+    """Time a 45-day explorer export, then repeat it under tracemalloc for its peak memory."""
+    today = now.astimezone(zone_info(TIMEZONE)).date()
+    time_range = day_range(
+        today - timedelta(days=EXPORT_DAYS - 1), today + timedelta(days=1), TIMEZONE
+    )
+    filters = explorer.ExplorerFilters(time_range.start, time_range.end, organization_id=1)
+    with engine.connect() as conn:
+        started = time.perf_counter()
+        written = explorer.write_csv(conn, filters, CountingWriter())
+        seconds = time.perf_counter() - started
+    # tracemalloc slows allocations several times over, so it gets its own run.
+    tracemalloc.start()
+    with engine.connect() as conn:
+        explorer.write_csv(conn, filters, CountingWriter())
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    detail = (
+        f"{written:,} rows ({written / seconds:,.0f} rows/s), peak Python allocations "
+        f"{peak / 1e6:.1f} MB (tracemalloc; libpq's buffer for one fetch not included)"
+    )
+    return Timing(f"Usage explorer CSV, {EXPORT_DAYS} days", [seconds], detail)
+
+
+def time_recorder_batches(url: str, enabled: bool) -> list[float]:
+    """Time recorder-shaped writes: 500 staged rows moved by INSERT ... SELECT ON CONFLICT.
+
+    Each batch is its own transaction, as in the recorder. Rows are stamped
+    now with the keys and models of GENERATE_SQL, so the trigger updates
+    existing rollup rows as it does in production.
+    """
+    action = "ENABLE" if enabled else "DISABLE"
+    seconds = []
+    with psycopg.connect(url) as conn:
+        conn.execute(f"ALTER TABLE usage_events {action} TRIGGER usage_events_rollups")
+        conn.commit()
+        conn.execute(
+            "CREATE TEMP TABLE staging (LIKE usage_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        conn.commit()
+        for batch in range(RECORDER_BATCHES):
+            first = 10**10 * (2 if enabled else 3) + batch * RECORDER_BATCH_ROWS
+            conn.execute(
+                GENERATE_SQL.replace("INSERT INTO usage_events", "INSERT INTO staging"),
+                {
+                    "end": datetime.now(UTC),
+                    # The last row of the batch ends the generated year, so rows are stamped now.
+                    "rows": first + RECORDER_BATCH_ROWS,
+                    "first": first,
+                    "last": first + RECORDER_BATCH_ROWS - 1,
+                    "keys": TEAMS * KEYS_PER_TEAM,
+                    "keys_per_team": KEYS_PER_TEAM,
+                    "models": len(MODELS),
+                },
+            )
+            started = time.perf_counter()
+            conn.execute(
+                "INSERT INTO usage_events SELECT * FROM staging ON CONFLICT (request_id) DO NOTHING"
+            )
+            conn.commit()
+            seconds.append(time.perf_counter() - started)
+        conn.execute("ALTER TABLE usage_events ENABLE TRIGGER usage_events_rollups")
+        conn.commit()
+    return seconds
+
+
+def time_trigger_cost(url: str) -> Timing:
+    without = statistics.median(time_recorder_batches(url, enabled=False))
+    with_trigger = statistics.median(time_recorder_batches(url, enabled=True))
+    detail = (
+        f"median of {RECORDER_BATCHES} batches of {RECORDER_BATCH_ROWS} rows; "
+        f"{without * 1000:,.1f} ms without the rollup trigger"
+    )
+    return Timing("Recorder batch with rollup trigger", [with_trigger], detail)
+
+
+def format_report(rows: int, load_seconds: float, counts: dict[str, int], timings: list[Timing]):
+    lines = [
+        f"Analytics at scale: {rows:,} usage rows requested, {counts['usage_events']:,} stored",
+        f"usage_hourly rows: {counts['usage_hourly']:,}; usage_daily rows: "
+        f"{counts['usage_daily']:,}",
+        f"Insert with rollup trigger, then VACUUM ANALYZE: {load_seconds:.1f} s "
+        f"({counts['usage_events'] / load_seconds:,.0f} rows/s)",
+        f"Host: {platform.node()}, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}",
+        "",
+        f"{'Query set':<40} {'first run':>10} {'second run':>11}  detail",
+    ]
+    for timing in timings:
+        runs = [f"{seconds * 1000:,.0f} ms" for seconds in timing.seconds]
+        second = runs[1] if len(runs) > 1 else ""
+        lines.append(f"{timing.name:<40} {runs[0]:>10} {second:>11}  {timing.detail}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.analytics_scale", description=__doc__)
+    parser.add_argument(
+        "--rows", type=int, default=10_000_000, help="usage rows to generate (default: 10,000,000)"
+    )
+    parser.add_argument(
+        "--postgres", default=DEFAULT_POSTGRES, help="server URL; a fresh database is created"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    args = parser.parse_args(argv)
+    if args.rows < 1:
+        parser.error("--rows must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    database = BenchDatabase(args.postgres)
+    log(f"created database {database.name}")
+    try:
+        now = datetime.now(UTC)
+        with psycopg.connect(database.url, autocommit=True) as conn:
+            create_directory(conn)
+        log(f"inserting {args.rows:,} usage rows")
+        load_seconds = generate_rows(database.url, args.rows, now)
+        counts = {
+            table: count(database.url, table)
+            for table in ("usage_events", "usage_hourly", "usage_daily")
+        }
+        engine = get_engine(database.url)
+        duckdb_connection = analytics.connect(database.url)
+        try:
+            queries = page_queries(now, duckdb_connection)
+            timings = [time_twice(engine, name, run) for name, run in queries.items()]
+        finally:
+            duckdb_connection.close()
+        today = now.astimezone(zone_info(TIMEZONE)).date()
+        timings.append(time_report_export(engine, today))
+        timings.append(time_explorer_export(engine, now))
+        timings.append(time_trigger_cost(database.url))
+        print(format_report(args.rows, load_seconds, counts, timings))
+    finally:
+        if args.keep:
+            log(f"kept database {database.url}")
+        else:
+            database.drop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
