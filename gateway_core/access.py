@@ -45,6 +45,7 @@ PERMISSIONS: Mapping[str, frozenset[str]] = MappingProxyType(
         "billing.manage": _FINANCE,
         # Sends prompts to upstream models, which costs money.
         "compare.run": _OWNER_ADMIN | {"team_admin", "researcher"},
+        "templates.edit": _OWNER_ADMIN | {"team_admin", "researcher"},
     }
 )
 # Roles whose allowed actions apply only to teams they administer.

@@ -17,7 +17,7 @@ import streamlit as st
 import stripe
 from sqlalchemy import Engine, select
 
-from gateway_core import billing, emails, ledger, promotions, signup
+from gateway_core import access, billing, emails, ledger, promotions, signup
 from gateway_core.billing import Billing
 from gateway_core.config import ConfigError, Settings
 from gateway_core.db import get_engine
@@ -58,6 +58,10 @@ def load_billing() -> Billing | None:
     except ConfigError as error:
         st.error(f"Stripe is configured incorrectly: {error}")
         return None
+
+
+def current_role() -> str:
+    return st.session_state["gatewayz_user"]["role"]
 
 
 def usd(amount: Decimal | None) -> str:
@@ -128,6 +132,7 @@ def render_topup(engine: Engine, service: Billing, org_id: int, username: str) -
     if submitted:
         base = service.settings.app_url
         try:
+            access.require(current_role(), "billing.manage")
             amount = ledger.parse_amount(text)
             with engine.begin() as conn:
                 session = service.create_topup_session(
@@ -232,6 +237,7 @@ def render_coupon(engine: Engine, org_id: int, username: str) -> None:
     if not submitted:
         return
     try:
+        access.require(current_role(), "billing.manage")
         with engine.begin() as conn:
             credit = promotions.redeem_coupon(conn, org_id, code, username)
     except GatewayError as error:
@@ -267,10 +273,12 @@ def render_admin(engine: Engine, org_id: int, username: str) -> None:
         "Self-service sign-up", value=current.signup_enabled, key="billing_signup_enabled"
     )
     if enabled != current.signup_enabled:
+        access.require(current_role(), "users.manage")
         with engine.begin() as conn:
             signup.set_signup_enabled(conn, enabled, username)
         st.success(f"Self-service sign-up is now {'on' if enabled else 'off'}.")
     if not live and st.button("Approve live keys for this organization", key="billing_approve"):
+        access.require(current_role(), "users.manage")
         with engine.begin() as conn:
             signup.approve_live_keys(conn, org_id, username)
         st.success("This organization may now create live keys.")

@@ -18,7 +18,7 @@ import streamlit as st
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway_core import prompt_templates, sessions
+from gateway_core import access, prompt_templates, sessions
 from gateway_core.config import Settings
 from gateway_core.db import get_engine
 from gateway_core.errors import GatewayError, InvalidRequestError
@@ -27,7 +27,7 @@ from gateway_core.sessions import SessionMessage, SessionTotals
 
 PAGE_NAME = "sessions"
 LIST_TTL_SECONDS = 10
-EDITOR_ROLES = frozenset({"owner", "admin", "team_admin", "researcher"})
+EDITOR_ROLES = access.roles_for("templates.edit")
 TEXT_FORMAT = "Text"
 MESSAGES_FORMAT = "Messages (JSON array)"
 # Session-state key for a message shown once after the rerun that follows a write.
@@ -232,6 +232,7 @@ def render_editor(
 
     name, content_format, text, description = submission
     try:
+        access.require(st.session_state["gatewayz_user"]["role"], "templates.edit")
         content = parse_content(text, content_format)
         with engine.begin() as conn:
             saved = prompt_templates.create_version(
