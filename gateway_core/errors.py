@@ -83,7 +83,7 @@ class PayloadTooLargeError(GatewayError):
 
 
 class ClientClosedRequestError(GatewayError):
-    """The client went away before the gateway could answer (nginx's 499)."""
+    """The client went away before the gateway could respond (nginx's 499)."""
 
     status_code = 499
     error_type = "client_disconnected"
@@ -112,7 +112,7 @@ class UpstreamError(GatewayError):
         **kwargs: Any,
     ) -> None:
         super().__init__(message, **kwargs)
-        # Seconds the upstream asked to wait before retrying, if it said.
+        # Seconds the upstream requested to wait before a retry (Retry-After), if given.
         self.retry_after = retry_after
         if error_type is not None:
             self.error_type = error_type

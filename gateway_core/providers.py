@@ -13,7 +13,7 @@ from gateway_core.errors import InvalidRequestError
 from gateway_core.schema import alert_channels, providers
 
 PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-# Adapter kinds the proxy knows; see proxy/providers/__init__.py.
+# Adapter kinds the proxy supports; see proxy/providers/__init__.py.
 PROVIDER_KINDS = frozenset({"openai-compatible", "anthropic", "gemini", "azure-openai"})
 # Names served inside the proxy, which cannot be configured.
 BUILT_IN = frozenset({"sandbox"})

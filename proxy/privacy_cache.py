@@ -1,4 +1,4 @@
-"""Which calls have their bodies stored, and the redactor for each organization."""
+"""Body-storage settings per scope and each organization's redactor, cached per worker."""
 
 from __future__ import annotations
 

@@ -91,7 +91,7 @@ def is_retryable(error: GatewayError) -> bool:
 
 
 def counts_against_provider(error: GatewayError) -> bool:
-    """True for failures that say the provider is unhealthy (not 429 or 4xx)."""
+    """Return True for failures that show the provider is unhealthy (not 429 or 4xx)."""
     return isinstance(error, UpstreamTimeoutError) or (
         isinstance(error, UpstreamError) and error.status_code >= 500
     )
@@ -113,7 +113,7 @@ async def dispatch(
     breaker: CircuitBreaker,
     policy: RetryPolicy,
 ) -> tuple[Route, UpstreamResponse | EventStream]:
-    """Call the first route that answers; raise the last error if none does."""
+    """Call each route in order until one responds; raise the last error if none does."""
     last_error: GatewayError | None = None
     for route in routes:
         provider = route.provider
@@ -157,7 +157,7 @@ async def dispatch(
                 if attempt == retries or breaker.is_open(provider.name):
                     break
                 if retry_after is not None and retry_after > policy.max_delay:
-                    # The upstream asks for a longer wait than a client
+                    # The upstream requests a longer wait than a client
                     # should sit through; try the next route instead.
                     break
                 await asyncio.sleep(policy.delay(attempt, retry_after))
@@ -179,6 +179,6 @@ async def _call(
             return await call(endpoint, request)
     except TimeoutError as exc:
         raise UpstreamTimeoutError(
-            f"provider {provider.name!r} did not answer within {provider.total_timeout} s",
+            f"provider {provider.name!r} timed out after {provider.total_timeout} s",
             code="upstream_timeout",
         ) from exc

@@ -2,7 +2,7 @@
 
 Rows are appended as JSON lines and fsynced per batch, so a crash after
 `append` returns loses nothing. Files are replayed, oldest first, when the
-database answers again; replay goes through the recorder's normal write,
+database accepts connections again. Replay goes through the recorder's normal write,
 whose ON CONFLICT (request_id) makes a row replayed twice count once.
 """
 
