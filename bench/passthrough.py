@@ -1,12 +1,12 @@
 """A bare pass-through proxy, the baseline for the proxy overhead benchmark.
 
-It uses the same stack as Gatewayz: Starlette, uvicorn, and httpx over the
-aiohttp transport with the client limits and default timeouts of
-proxy/gateway.py. `POST /v1/chat/completions` sends the request body
-unchanged to `BENCH_UPSTREAM_URL` and relays the response, streamed chunk
-by chunk for `text/event-stream` and read whole otherwise. It does no
-authentication, parsing or accounting and logs only upstream failures, so
-the gap between it and Gatewayz is the cost of Gatewayz's own work. Run it
+It uses the same stack as Gatewayz: Starlette, uvicorn, and the aiohttp
+client pool and default timeouts of proxy/upstream_http.py.
+`POST /v1/chat/completions` sends the request body unchanged to
+`BENCH_UPSTREAM_URL` and relays the response, streamed chunk by chunk for
+`text/event-stream` and read whole otherwise. It does no authentication,
+parsing or accounting and logs only upstream failures, so the gap between
+it and Gatewayz is the cost of Gatewayz's own work. Run it
 with:
 
     BENCH_UPSTREAM_URL=http://127.0.0.1:9000/v1/chat/completions \
@@ -20,13 +20,13 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
-from httpx_aiohttp import AiohttpTransport
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from proxy.upstream_http import Timeouts, TransportError, UpstreamClient, create_session
 
 UPSTREAM_ENV = "BENCH_UPSTREAM_URL"
 
@@ -34,17 +34,12 @@ logger = logging.getLogger("gatewayz.bench.passthrough")
 
 
 async def forward(request: Request) -> Response:
-    client: httpx.AsyncClient = request.app.state.client
+    client: UpstreamClient = request.app.state.client
     body = await request.body()
-    upstream_request = client.build_request(
-        "POST",
-        request.app.state.upstream_url,
-        content=body,
-        headers={"content-type": "application/json"},
-    )
+    headers = {"content-type": "application/json"}
     try:
-        upstream = await client.send(upstream_request, stream=True)
-    except httpx.TransportError as exc:
+        upstream = await client.open(request.app.state.upstream_url, content=body, headers=headers)
+    except TransportError as exc:
         message = f"upstream request failed: {exc!r}"
         logger.warning(message)
         return JSONResponse({"error": {"message": message}}, status_code=502)
@@ -77,13 +72,10 @@ def create_app() -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        # Same limits and timeouts as the Gatewayz worker's client.
-        transport = AiohttpTransport(
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-        )
-        timeout = httpx.Timeout(connect=5.0, read=120.0, write=120.0, pool=5.0)
-        async with httpx.AsyncClient(transport=transport, timeout=timeout) as client:
-            app.state.client = client
+        # Same pool and default timeouts as a Gatewayz worker.
+        timeouts = Timeouts(connect=5.0, read=120.0)
+        async with create_session() as session:
+            app.state.client = UpstreamClient(session, timeouts)
             app.state.upstream_url = upstream_url
             yield
 

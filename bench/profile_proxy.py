@@ -51,6 +51,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--duration", type=float, default=10.0, help="seconds of load per mode (default 10)"
     )
+    parser.add_argument(
+        "--limits",
+        action="store_true",
+        help="call Gatewayz with the key that has budgets, credits and rate limits",
+    )
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
     parser.add_argument(
         "--chunks",
@@ -179,7 +184,9 @@ def start_profiled(
     database = BenchDatabase(args.postgres)
     stack.callback(database.drop)
     secret = secrets.token_urlsafe(48)
-    token = database.provision(secret, upstream.base_url + "/v1")
+    token, limited_token = database.provision(secret, upstream.base_url + "/v1")
+    if args.limits:
+        token = limited_token
     env = {"DATABASE_URL": database.url, "GATEWAYZ_SECRET": secret}
     server = Server("gatewayz", "proxy.app:create_app", env, workdir, wrapper=profiler)
     stack.callback(server.stop)

@@ -51,6 +51,8 @@ class Target:
     name: str
     url: str
     token: str | None
+    # Process id of the server behind `url`; None for the upstream itself.
+    pid: int | None = None
 
 
 @dataclass
@@ -204,10 +206,12 @@ def start_stack(
     gatewayz.wait_ready("/health/live")
     targets = [
         Target("direct", upstream.base_url + CHAT_PATH, None),
-        Target("pass-through", passthrough.base_url + CHAT_PATH, None),
-        Target("gatewayz", gatewayz.base_url + CHAT_PATH, token),
+        Target("pass-through", passthrough.base_url + CHAT_PATH, None, passthrough.process.pid),
+        Target("gatewayz", gatewayz.base_url + CHAT_PATH, token, gatewayz.process.pid),
         # The same server and route, for a key with budgets, credits and limits.
-        Target("gatewayz+limits", gatewayz.base_url + CHAT_PATH, limited_token),
+        Target(
+            "gatewayz+limits", gatewayz.base_url + CHAT_PATH, limited_token, gatewayz.process.pid
+        ),
     ]
     return database, targets
 

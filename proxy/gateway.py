@@ -9,8 +9,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import httpx
-from httpx_aiohttp import AiohttpTransport
+import aiohttp
 from psycopg_pool import AsyncConnectionPool
 
 from gateway_core import secret_box
@@ -29,6 +28,7 @@ from proxy.recorder import UsageRecorder
 from proxy.routing import CircuitBreaker, RetryPolicy
 from proxy.spend import SpendGuard
 from proxy.spool import Spool
+from proxy.upstream_http import Timeouts, create_session
 
 logger = logging.getLogger("gatewayz.proxy")
 
@@ -37,7 +37,8 @@ logger = logging.getLogger("gatewayz.proxy")
 class Gateway:
     settings: Settings
     pool: AsyncConnectionPool
-    transport: httpx.AsyncBaseTransport
+    # Connection pool shared by every provider (proxy/upstream_http.py).
+    session: aiohttp.ClientSession
     verifier: KeyVerifier
     registry: ProviderRegistry
     recorder: UsageRecorder
@@ -57,24 +58,17 @@ class Gateway:
         conninfo = libpq_url(settings.database_url)
         pool = AsyncConnectionPool(conninfo, min_size=1, max_size=10, open=False)
         await pool.open(wait=True, timeout=30)
-        timeout = httpx.Timeout(
-            connect=settings.upstream_connect_timeout,
-            read=settings.upstream_read_timeout,
-            write=settings.upstream_read_timeout,
-            pool=settings.upstream_connect_timeout,
+        timeouts = Timeouts(
+            connect=settings.upstream_connect_timeout, read=settings.upstream_read_timeout
         )
-        # The aiohttp transport keeps httpx's API but measured several times
-        # the throughput of httpx's own transport under concurrency.
-        transport = AiohttpTransport(
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200)
-        )
+        session = create_session()
         catalog = load_catalog()
         verifier = KeyVerifier(pool, settings.secret, ttl=settings.key_cache_ttl)
         verifier.start_listener(conninfo)
         registry = ProviderRegistry(
             pool,
-            transport,
-            timeout,
+            session,
+            timeouts,
             catalog,
             refresh_interval=settings.provider_refresh_interval,
             decrypt=lambda token: secret_box.decrypt(
@@ -112,7 +106,7 @@ class Gateway:
         return cls(
             settings,
             pool,
-            transport,
+            session,
             verifier,
             registry,
             recorder,
@@ -151,7 +145,7 @@ class Gateway:
         await self.recorder.close()
         await self.alerter.close()
         await self.spend.stop()
-        await self.transport.aclose()
+        await self.session.close()
         await self.pool.close()
         logger.info("proxy worker stopped")
 

@@ -8,10 +8,8 @@ import struct
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-import httpx
 import orjson
 import pytest
-from httpx_aiohttp import AiohttpTransport
 
 from gateway_core.errors import GatewayError, NotFoundError, UpstreamError
 from gateway_core.pricing import TokenUsage, parse_openai_usage
@@ -20,6 +18,7 @@ from proxy.providers.azure import AZURE_API_VERSION, AzureOpenAIProvider
 from proxy.providers.base import Provider, UpstreamRequest
 from proxy.providers.gemini import GeminiProvider
 from proxy.sse import ServerSentEvent
+from proxy.upstream_http import Timeouts, UpstreamClient, create_session
 from tests.support.fake_anthropic import FakeAnthropic
 from tests.support.fake_azure import FakeAzure
 from tests.support.fake_gemini import SIGNATURE, FakeGemini
@@ -57,16 +56,12 @@ def fake_azure() -> Iterator[FakeAzure]:
     upstream.stop()
 
 
-def run(scenario: Callable[[httpx.AsyncClient], Awaitable[Any]]) -> Any:
-    """Run `scenario` on a fresh event loop with a client like the proxy's.
-
-    The proxy sends upstream calls through httpx-aiohttp's transport, so the
-    adapters are tested through it too.
-    """
+def run(scenario: Callable[[UpstreamClient], Awaitable[Any]]) -> Any:
+    """Run `scenario` on a fresh event loop with a client like the proxy's."""
 
     async def main() -> Any:
-        async with httpx.AsyncClient(transport=AiohttpTransport(), timeout=10) as client:
-            return await scenario(client)
+        async with create_session() as session:
+            return await scenario(UpstreamClient(session, Timeouts(connect=10, read=10)))
 
     return asyncio.run(main())
 
@@ -144,7 +139,7 @@ ANTHROPIC_USAGE = TokenUsage(
 )
 
 
-def anthropic(fake: FakeAnthropic, client: httpx.AsyncClient, key: str = ANTHROPIC_KEY) -> Provider:
+def anthropic(fake: FakeAnthropic, client: UpstreamClient, key: str = ANTHROPIC_KEY) -> Provider:
     return AnthropicProvider("claude", fake.base_url, key, client)
 
 
@@ -373,7 +368,7 @@ def test_anthropic_unsupported_endpoint(fake_anthropic: FakeAnthropic) -> None:
 
 
 def test_anthropic_base_url_with_v1(fake_anthropic: FakeAnthropic) -> None:
-    def provider(client: httpx.AsyncClient) -> Provider:
+    def provider(client: UpstreamClient) -> Provider:
         return AnthropicProvider("claude", fake_anthropic.base_url + "/v1/", ANTHROPIC_KEY, client)
 
     result = run(lambda client: provider(client).send("chat", chat_request("claude-test")))
@@ -383,7 +378,7 @@ def test_anthropic_base_url_with_v1(fake_anthropic: FakeAnthropic) -> None:
 # Gemini.
 
 
-def gemini(fake: FakeGemini, client: httpx.AsyncClient, key: str = GEMINI_KEY) -> Provider:
+def gemini(fake: FakeGemini, client: UpstreamClient, key: str = GEMINI_KEY) -> Provider:
     return GeminiProvider("gemini", fake.base_url, key, client)
 
 
@@ -630,7 +625,7 @@ def test_gemini_embeddings_token_arrays(fake_gemini: FakeGemini) -> None:
 # Azure OpenAI.
 
 
-def azure(fake: FakeAzure, client: httpx.AsyncClient, **kwargs: Any) -> Provider:
+def azure(fake: FakeAzure, client: UpstreamClient, **kwargs: Any) -> Provider:
     key = kwargs.pop("key", AZURE_KEY)
     return AzureOpenAIProvider("azure", fake.base_url, key, client, **kwargs)
 
@@ -676,7 +671,7 @@ def test_azure_embeddings_and_version(fake_azure: FakeAzure) -> None:
 
 
 def test_azure_concurrent_deployments(fake_azure: FakeAzure) -> None:
-    async def scenario(client: httpx.AsyncClient) -> None:
+    async def scenario(client: UpstreamClient) -> None:
         provider = azure(fake_azure, client)
         names = [f"deployment-{i}" for i in range(8)]
         await asyncio.gather(*(provider.send("chat", chat_request(name)) for name in names))

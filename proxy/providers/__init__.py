@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -30,6 +30,7 @@ from proxy.providers.base import Provider
 from proxy.providers.gemini import GeminiProvider
 from proxy.providers.openai_compatible import OpenAICompatibleProvider
 from proxy.providers.sandbox import SANDBOX_MODELS, SandboxProvider
+from proxy.upstream_http import Timeouts, UpstreamClient
 
 logger = logging.getLogger("gatewayz.providers")
 
@@ -59,7 +60,7 @@ class ProviderSpec:
     max_retries: int | None
 
 
-AdapterFactory = Callable[[ProviderSpec, httpx.AsyncClient], Provider]
+AdapterFactory = Callable[[ProviderSpec, UpstreamClient], Provider]
 
 
 ADAPTERS: dict[str, AdapterFactory] = {
@@ -96,15 +97,15 @@ class ProviderRegistry:
     def __init__(
         self,
         pool: AsyncConnectionPool,
-        transport: httpx.AsyncBaseTransport,
-        default_timeout: httpx.Timeout,
+        session: aiohttp.ClientSession,
+        default_timeouts: Timeouts,
         catalog: Catalog,
         refresh_interval: float = 2.0,
         decrypt: Callable[[str], str] | None = None,
     ) -> None:
         self._pool = pool
-        self._transport = transport
-        self._default_timeout = default_timeout
+        self._session = session
+        self._default_timeouts = default_timeouts
         self.catalog = catalog
         self._refresh_interval = refresh_interval
         self._decrypt = decrypt
@@ -205,17 +206,15 @@ class ProviderRegistry:
                 return None
         return os.environ.get(api_key_env) if api_key_env else None
 
-    def _client_for(self, spec: ProviderSpec) -> httpx.AsyncClient:
-        # Clients share one transport, and so one connection pool; each
+    def _client_for(self, spec: ProviderSpec) -> UpstreamClient:
+        # Clients share one session, and so one connection pool; each
         # carries its provider's timeouts.
-        default = self._default_timeout
-        timeout = httpx.Timeout(
+        default = self._default_timeouts
+        timeouts = Timeouts(
             connect=spec.connect_timeout or default.connect,
             read=spec.read_timeout or default.read,
-            write=spec.read_timeout or default.write,
-            pool=spec.connect_timeout or default.pool,
         )
-        return httpx.AsyncClient(transport=self._transport, timeout=timeout)
+        return UpstreamClient(self._session, timeouts)
 
     def configured(self) -> frozenset[str]:
         return frozenset(self._providers)

@@ -11,7 +11,6 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-import httpx
 import orjson
 
 from gateway_core.errors import GatewayError, UpstreamError
@@ -23,6 +22,7 @@ from proxy.translate.anthropic import (
     chat_to_messages_request,
     message_to_chat_response,
 )
+from proxy.upstream_http import Response, TransportError, UpstreamClient
 
 logger = logging.getLogger("gatewayz.providers")
 
@@ -48,7 +48,7 @@ class AnthropicProvider(Provider):
         name: str,
         base_url: str,
         api_key: str | None,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
     ) -> None:
         self.name = name
         # Accept both https://api.anthropic.com and https://api.anthropic.com/v1.
@@ -87,7 +87,7 @@ class AnthropicProvider(Provider):
             response = await self._client.post(
                 self._url, content=payload, headers=self._request_headers(request)
             )
-        except httpx.TransportError as exc:
+        except TransportError as exc:
             raise transport_error(self.name, exc) from exc
         if response.status_code >= 400:
             raise anthropic_error(self.name, response, response.content)
@@ -102,15 +102,12 @@ class AnthropicProvider(Provider):
         return UpstreamResponse(response.status_code, body)
 
     async def open_stream(self, endpoint: str, request: UpstreamRequest) -> EventStream:
-        http_request = self._client.build_request(
-            "POST",
-            self._url,
-            content=self._payload(endpoint, request, stream=True),
-            headers=self._request_headers(request),
-        )
+        content = self._payload(endpoint, request, stream=True)
         try:
-            response = await self._client.send(http_request, stream=True)
-        except httpx.TransportError as exc:
+            response = await self._client.open(
+                self._url, content=content, headers=self._request_headers(request)
+            )
+        except TransportError as exc:
             raise transport_error(self.name, exc) from exc
         if response.status_code >= 400:
             try:
@@ -211,10 +208,10 @@ def _stream_error(provider: str, data: dict[str, Any]) -> GatewayError:
     logger.info("provider %r sent a stream error: %s", provider, detail.get("type"))
     # The error arrived inside a 200 stream, so its type gives the status
     # that Anthropic sends with that error type on a plain response.
-    return anthropic_error(provider, httpx.Response(status), orjson.dumps(data))
+    return anthropic_error(provider, Response(status), orjson.dumps(data))
 
 
-def anthropic_error(provider: str, response: httpx.Response, content: bytes) -> GatewayError:
+def anthropic_error(provider: str, response: Response, content: bytes) -> GatewayError:
     """Turn an Anthropic error (`{"type": "error", "error": {...}}`) into a gateway error.
 
     Statuses follow `upstream_error`, so 400, 404, 413 and 429 keep their

@@ -12,10 +12,9 @@ from __future__ import annotations
 from contextvars import ContextVar
 from urllib.parse import quote
 
-import httpx
-
 from proxy.providers.base import ENDPOINT_PATHS, EventStream, UpstreamRequest, UpstreamResponse
 from proxy.providers.openai_compatible import OpenAICompatibleProvider
+from proxy.upstream_http import UpstreamClient
 
 # The latest generally available data-plane inference version when this was
 # written. It supports `stream_options.include_usage`, which streamed usage needs.
@@ -36,7 +35,7 @@ class AzureOpenAIProvider(OpenAICompatibleProvider):
         name: str,
         base_url: str,
         api_key: str | None,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         api_version: str | None = None,
     ) -> None:
         super().__init__(name, base_url, None, client)

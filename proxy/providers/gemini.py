@@ -26,7 +26,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import orjson
 
 from gateway_core.errors import GatewayError, InvalidRequestError, UpstreamError
@@ -35,6 +34,7 @@ from proxy.providers.base import EventStream, Provider, UpstreamRequest, Upstrea
 from proxy.providers.openai_compatible import _HTTPEventStream, transport_error, upstream_error
 from proxy.sse import ServerSentEvent
 from proxy.tokens import estimate_tokens
+from proxy.upstream_http import Response, TransportError, UpstreamClient
 
 logger = logging.getLogger("gatewayz.providers")
 
@@ -54,7 +54,7 @@ class GeminiProvider(Provider):
         name: str,
         base_url: str,
         api_key: str | None,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
     ) -> None:
         self.name = name
         self._base_url = base_url.rstrip("/")
@@ -85,7 +85,7 @@ class GeminiProvider(Provider):
             response = await self._client.post(
                 url, content=orjson.dumps(payload), headers=self._headers
             )
-        except httpx.TransportError as exc:
+        except TransportError as exc:
             raise transport_error(self.name, exc) from exc
         if response.status_code >= 400:
             raise gemini_error(self.name, response, response.content)
@@ -100,16 +100,15 @@ class GeminiProvider(Provider):
     async def open_stream(self, endpoint: str, request: UpstreamRequest) -> EventStream:
         if endpoint == "embeddings":
             raise InvalidRequestError("embeddings cannot be streamed", param="stream")
-        http_request = self._client.build_request(
-            "POST",
-            self._url(endpoint, request.upstream_model, "streamGenerateContent"),
-            params={"alt": "sse"},
-            content=orjson.dumps(chat_to_gemini_request(request.body)),
-            headers=self._headers,
-        )
+        content = orjson.dumps(chat_to_gemini_request(request.body))
         try:
-            response = await self._client.send(http_request, stream=True)
-        except httpx.TransportError as exc:
+            response = await self._client.open(
+                self._url(endpoint, request.upstream_model, "streamGenerateContent"),
+                params={"alt": "sse"},
+                content=content,
+                headers=self._headers,
+            )
+        except TransportError as exc:
             raise transport_error(self.name, exc) from exc
         if response.status_code >= 400:
             try:
@@ -178,7 +177,7 @@ class _GeminiEventStream(EventStream):
             code = data["error"].get("code")
             status = code if isinstance(code, int) and code >= 400 else 500
             logger.info("provider %r sent a stream error: %s", self._provider, status)
-            raise gemini_error(self._provider, httpx.Response(status), event.data or b"")
+            raise gemini_error(self._provider, Response(status), event.data or b"")
         return data
 
     async def aclose(self) -> None:
@@ -193,7 +192,7 @@ def _chunk_event(chunk: dict[str, Any]) -> ServerSentEvent:
     return ServerSentEvent(b"data: " + data + b"\n\n", None, data)
 
 
-def gemini_error(provider: str, response: httpx.Response, content: bytes) -> GatewayError:
+def gemini_error(provider: str, response: Response, content: bytes) -> GatewayError:
     """Turn a Gemini error (`{"error": {"code", "message", "status"}}`) into a gateway error.
 
     Statuses follow `upstream_error`, except 503 (Gemini's "model is

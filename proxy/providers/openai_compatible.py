@@ -11,8 +11,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
-import httpx
 import orjson
 
 from gateway_core.errors import GatewayError, UpstreamError, UpstreamTimeoutError
@@ -24,6 +22,13 @@ from proxy.providers.base import (
     UpstreamResponse,
 )
 from proxy.sse import ServerSentEvent, SSEParser
+from proxy.upstream_http import (
+    ConnectError,
+    Response,
+    TimeoutException,
+    TransportError,
+    UpstreamClient,
+)
 
 logger = logging.getLogger("gatewayz.providers")
 
@@ -40,7 +45,7 @@ class OpenAICompatibleProvider(Provider):
         name: str,
         base_url: str,
         api_key: str | None,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
     ) -> None:
         self.name = name
         self._base_url = base_url.rstrip("/")
@@ -75,7 +80,7 @@ class OpenAICompatibleProvider(Provider):
                 content=self._payload(endpoint, request, stream=False),
                 headers=self._headers,
             )
-        except httpx.TransportError as exc:
+        except TransportError as exc:
             raise transport_error(self.name, exc) from exc
         if response.status_code >= 400:
             raise upstream_error(self.name, response, response.content)
@@ -88,15 +93,12 @@ class OpenAICompatibleProvider(Provider):
         return UpstreamResponse(response.status_code, body)
 
     async def open_stream(self, endpoint: str, request: UpstreamRequest) -> EventStream:
-        http_request = self._client.build_request(
-            "POST",
-            self._url(endpoint),
-            content=self._payload(endpoint, request, stream=True),
-            headers=self._headers,
-        )
+        content = self._payload(endpoint, request, stream=True)
         try:
-            response = await self._client.send(http_request, stream=True)
-        except httpx.TransportError as exc:
+            response = await self._client.open(
+                self._url(endpoint), content=content, headers=self._headers
+            )
+        except TransportError as exc:
             raise transport_error(self.name, exc) from exc
         if response.status_code >= 400:
             try:
@@ -108,7 +110,7 @@ class OpenAICompatibleProvider(Provider):
 
 
 class _HTTPEventStream(EventStream):
-    def __init__(self, provider: str, response: httpx.Response) -> None:
+    def __init__(self, provider: str, response: Response) -> None:
         self._provider = provider
         self._response = response
 
@@ -124,7 +126,7 @@ class _HTTPEventStream(EventStream):
                 events = list(parser.feed(chunk))
                 if events:
                     yield events
-        except httpx.TransportError as exc:
+        except TransportError as exc:
             raise transport_error(self._provider, exc) from exc
         last = parser.flush()
         if last is not None:
@@ -134,19 +136,14 @@ class _HTTPEventStream(EventStream):
         await self._response.aclose()
 
 
-def transport_error(provider: str, exc: httpx.TransportError) -> GatewayError:
+def transport_error(provider: str, exc: TransportError) -> GatewayError:
     """Map a network failure to 504 (timed out) or 502 (could not connect or read)."""
-    # httpx-aiohttp 0.2.0 maps aiohttp's ClientConnectorError (connection
-    # refused) to httpx.ConnectTimeout, so the aiohttp cause is checked to tell them apart.
-    refused = isinstance(exc.__cause__, aiohttp.ClientConnectorError) and not isinstance(
-        exc.__cause__, aiohttp.ServerTimeoutError
-    )
     # The detail (host, port, OS error) is logged but not sent to clients,
     # which need not learn where providers live.
     logger.warning("provider %s: %s: %s", provider, type(exc).__name__, exc)
-    if isinstance(exc, httpx.TimeoutException) and not refused:
+    if isinstance(exc, TimeoutException):
         return UpstreamTimeoutError(f"provider {provider!r} timed out", code="upstream_timeout")
-    reason = "connection refused" if refused else "network error"
+    reason = "connection refused" if isinstance(exc, ConnectError) else "network error"
     return UpstreamError(f"provider {provider!r} could not be reached ({reason})")
 
 
@@ -161,7 +158,7 @@ def parse_retry_after(value: str | None) -> float | None:
     return seconds if 0 <= seconds < 86_400 else None
 
 
-def upstream_error(provider: str, response: httpx.Response, content: bytes) -> GatewayError:
+def upstream_error(provider: str, response: Response, content: bytes) -> GatewayError:
     """Turn an upstream error response into the error the client receives."""
     status = response.status_code
     message = f"provider {provider!r} returned HTTP {status}"
