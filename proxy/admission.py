@@ -57,15 +57,17 @@ def max_cost(
     completion = output_limit(body, entry)
     if body.get("n") and isinstance(body["n"], int) and body["n"] > 1:
         completion *= body["n"]
-    variants = (
-        TokenUsage(prompt_tokens=prompt, completion_tokens=completion),
-        TokenUsage(prompt_tokens=prompt, completion_tokens=completion, reasoning_tokens=completion),
-        TokenUsage(prompt_tokens=prompt, completion_tokens=completion, cache_write_tokens=prompt),
-        TokenUsage(
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            cache_write_tokens=prompt,
-            reasoning_tokens=completion,
-        ),
+    # Prices are never negative, so the highest cost bills every prompt
+    # token at the higher of the input and cache-write prices, and every
+    # output token at the higher of the output and reasoning prices.
+    tier = prices.for_prompt_tokens(prompt)
+    output_price = tier.output or Decimal(0)
+    write_price = tier.cache_write if tier.cache_write is not None else tier.input
+    reasoning_price = tier.reasoning_output if tier.reasoning_output is not None else output_price
+    usage = TokenUsage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cache_write_tokens=prompt if write_price > tier.input else 0,
+        reasoning_tokens=completion if reasoning_price > output_price else 0,
     )
-    return max(compute_cost(prices, usage) for usage in variants)
+    return compute_cost(prices, usage)

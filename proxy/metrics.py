@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import orjson
 from prometheus_client import (
@@ -58,22 +59,38 @@ SPOOL_ROWS = Gauge(
 )
 
 
+_children: dict[tuple[Any, ...], Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """Return `metric.labels(*labels)`, looked up once per label set.
+
+    Labels have few values (endpoints, providers, status classes), so the
+    cache stays small; prometheus_client's own lookup costs more per call.
+    """
+    key = (metric, *labels)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*labels)
+    return found
+
+
 def observe(ctx: CallContext, access_log: bool) -> None:
     """Count one finished call; called once per call when its row is recorded."""
     provider = ctx.provider or "none"
-    REQUESTS.labels(ctx.endpoint, provider, f"{ctx.status_code // 100}xx").inc()
+    child(REQUESTS, ctx.endpoint, provider, f"{ctx.status_code // 100}xx").inc()
     if ctx.finished_at is not None:
-        LATENCY.labels(ctx.endpoint).observe(ctx.finished_at - ctx.started)
+        child(LATENCY, ctx.endpoint).observe(ctx.finished_at - ctx.started)
     if ctx.first_token_at is not None:
-        FIRST_TOKEN.labels(ctx.endpoint).observe(ctx.first_token_at - ctx.started)
+        child(FIRST_TOKEN, ctx.endpoint).observe(ctx.first_token_at - ctx.started)
     if ctx.usage.prompt_tokens:
-        TOKENS.labels("prompt").inc(ctx.usage.prompt_tokens)
+        child(TOKENS, "prompt").inc(ctx.usage.prompt_tokens)
     if ctx.usage.completion_tokens:
-        TOKENS.labels("completion").inc(ctx.usage.completion_tokens)
+        child(TOKENS, "completion").inc(ctx.usage.completion_tokens)
     if ctx.cost:
         COST.inc(float(ctx.cost))
     if ctx.attempts:
-        ATTEMPTS.labels(provider).inc(ctx.attempts)
+        child(ATTEMPTS, provider).inc(ctx.attempts)
     if access_log and access_logger.isEnabledFor(logging.INFO):
         identity = ctx.identity
         line = {

@@ -205,6 +205,7 @@ class UsageRecorder:
                     await asyncio.wait_for(self._wakeup.wait(), self._flush_interval)
                 self._wakeup.clear()
                 continue
+            await self._linger()
             batch = [self._pending[i] for i in range(min(self._batch_size, len(self._pending)))]
             now = time.monotonic()
             if self.database_down and now - self._last_attempt < self._retry_delay:
@@ -237,6 +238,22 @@ class UsageRecorder:
                 logger.info("Postgres is reachable again; replaying spooled usage rows")
                 self._database_down_since = None
             self._done(batch, crossings)
+
+    async def _linger(self) -> None:
+        """Wait until a full batch is queued or `flush_interval` has passed since the last write.
+
+        Under light load every row would otherwise be a transaction of its
+        own; waiting gathers them, so the per-transaction work is shared.
+        """
+        if self._closing or self.database_down or len(self._pending) >= self._batch_size:
+            return
+        delay = self._last_attempt + self._flush_interval - time.monotonic()
+        if delay <= 0:
+            return
+        self._wakeup.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), delay)
+        self._wakeup.clear()
 
     def _done(self, batch: list[dict[str, Any]], crossings: list[BudgetCrossing]) -> None:
         for _ in batch:

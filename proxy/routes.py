@@ -77,16 +77,22 @@ async def authenticate(
         raise
     if ctx is not None:
         ctx.identity = identity
-    peer = request.client.host if request.client else None
+    policy = identity.policy
+    # The address and referrer are only worked out for keys restricted by them.
+    address = referrer = None
+    if policy.allowed_networks is not None:
+        peer = request.client.host if request.client else None
+        forwarded_for = request.headers.get("x-forwarded-for")
+        address = client_address(peer, forwarded_for, gateway.settings.trusted_proxies)
+    if policy.allowed_referrers is not None:
+        referrer = referrer_host(request.headers.get("referer"), request.headers.get("origin"))
     check_access(
-        identity.policy,
+        policy,
         identity.key_id,
         # Reading the model list or the key's own limits is always allowed.
         endpoint=ctx.endpoint if ctx is not None and ctx.endpoint not in READ_ENDPOINTS else None,
-        address=client_address(
-            peer, request.headers.get("x-forwarded-for"), gateway.settings.trusted_proxies
-        ),
-        referrer=referrer_host(request.headers.get("referer"), request.headers.get("origin")),
+        address=address,
+        referrer=referrer,
     )
     return identity
 

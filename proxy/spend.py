@@ -31,7 +31,12 @@ from decimal import ROUND_DOWN, Decimal
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from gateway_core.budgets import budget_limit_key, credit_limit_key, period_bounds
+from gateway_core.budgets import (
+    LIFETIME_START,
+    budget_limit_key,
+    credit_limit_key,
+    period_bounds,
+)
 from gateway_core.errors import InsufficientCreditsError, ServiceUnavailableError
 from proxy.context import KeyIdentity
 
@@ -144,6 +149,9 @@ class SpendGuard:
         self._zones: dict[int, str] = {}
         self._thresholds: dict[int, tuple[Decimal, tuple[Decimal, ...]]] = {}
         self._leases: dict[str, LeaseState] = {}
+        # Limits per key, valid from the latest start to the earliest end of
+        # their periods; emptied whenever the budgets are reloaded.
+        self._limits_cache: dict[tuple[int, ...], tuple[list[Limit], datetime, datetime]] = {}
         self._task: asyncio.Task[None] | None = None
         self._loaded_at = float("-inf")
 
@@ -173,6 +181,7 @@ class SpendGuard:
         self._thresholds = thresholds
         self._metered = {(scope_type, scope_id) for scope_type, scope_id in metered_rows}
         self._zones = dict(zone_rows)
+        self._limits_cache = {}
         self._loaded_at = time.monotonic()
 
     def budget_limit_and_thresholds(
@@ -185,11 +194,22 @@ class SpendGuard:
     def limits_for(self, identity: KeyIdentity, now: datetime | None = None) -> list[Limit]:
         """Return the limits that apply to a key, from memory."""
         now = now or datetime.now(UTC)
+        cache_key = (
+            identity.key_id,
+            identity.team_id,
+            identity.project_id or 0,
+            identity.organization_id,
+        )
+        cached = self._limits_cache.get(cache_key)
+        if cached is not None and cached[1] <= now < cached[2]:
+            return cached[0]
         zone = self._zones.get(identity.organization_id, "UTC")
         limits: list[Limit] = []
+        valid_from, valid_until = LIFETIME_START, datetime.max.replace(tzinfo=UTC)
         for scope_type, scope_id in scopes_of(identity):
             for budget_id, period, amount in self._budgets.get((scope_type, scope_id), ()):
-                start, _ = period_bounds(period, now, zone)
+                start, end = period_bounds(period, now, zone)
+                valid_from, valid_until = max(valid_from, start), min(valid_until, end)
                 label = f"{period} budget of {scope_type} {scope_id} (${amount:f})"
                 limits.append(
                     Limit(budget_limit_key(budget_id, start), "budget", label, budget_id, start,
@@ -202,6 +222,7 @@ class SpendGuard:
                           scope_type=scope_type, scope_id=scope_id)
                 )  # fmt: skip
         limits.sort(key=lambda limit: limit.key)
+        self._limits_cache[cache_key] = (limits, valid_from, valid_until)
         return limits
 
     async def reserve(self, identity: KeyIdentity, amount: Decimal) -> Reservation:
