@@ -357,6 +357,20 @@ rate_limit_windows = Table(
     ),
 )
 
+rate_limit_slot_leases = Table(
+    "rate_limit_slot_leases",
+    metadata,
+    # Concurrency slots of a scope leased by one proxy process (`holder`).
+    # A live process keeps extending `expires_at`; expired rows count for nothing.
+    Column("scope_type", String(16), primary_key=True),
+    Column("scope_id", BigInteger, primary_key=True),
+    Column("holder", String(200), primary_key=True),
+    Column("slots", Integer, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint(_SCOPE_CHECK, name="ck_rate_limit_slot_leases_scope"),
+    CheckConstraint("slots >= 0", name="ck_rate_limit_slot_leases_slots"),
+)
+
 Index("ix_rate_limit_windows_window_end", rate_limit_windows.c.window_end)
 
 

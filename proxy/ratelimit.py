@@ -16,6 +16,7 @@ backends behind `RateLimitBackend`:
   increment atomically, in one round trip. Shared by all workers and hosts.
 - `PostgresBackend`: a worker claims a block of a window's capacity with one
   upsert and serves requests from that block in memory until it runs out.
+  Concurrency slots are leased one at a time and kept while in use.
   Blocks still unused when a window ends are lost, so the workers together
   may admit slightly fewer requests than the limit, never more.
 - `LocalBackend`: in-process counters. `RateLimiter` falls back to it while
@@ -46,12 +47,13 @@ from typing import Any, Protocol
 
 import psycopg
 import redis.asyncio as redis
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gateway_core.errors import RateLimitError
+from proxy.slot_leases import SlotLeases
 
 logger = logging.getLogger("gatewayz.ratelimit")
 
@@ -493,9 +495,8 @@ class PostgresBackend:
     The remaining counts in its headers are estimates, because other workers
     may have claimed capacity since this worker's latest claim.
 
-    NOTE: concurrency limits are enforced per process in this backend, so a
-    deployment with N workers admits up to N times max_concurrent at once.
-    Use RedisBackend where concurrency limits must be shared.
+    Concurrency slots are leased from Postgres in the same spirit
+    (proxy/slot_leases.py), so workers and hosts share concurrency limits.
     """
 
     def __init__(
@@ -512,6 +513,7 @@ class PostgresBackend:
         self._leases: dict[tuple[str, int, str, int], _Lease] = {}
         self._locks: dict[tuple[str, int, str, int], asyncio.Lock] = {}
         self._slots = SlotTable(max_request_seconds)
+        self._slot_leases = SlotLeases(pool, self._slots, timeout=timeout)
         self._next_prune = 0.0
 
     def block_size(self, limit: int) -> int:
@@ -531,6 +533,13 @@ class PostgresBackend:
             outcome = self._consume_from_leases(windows, slots, ticket_id, now)
             if outcome is not None:
                 return outcome
+            for index in self._slot_leases.short(slots, now):
+                try:
+                    claimed = await self._slot_leases.claim(slots[index], now)
+                except (psycopg.OperationalError, PoolTimeout) as exc:
+                    raise BackendUnavailableError(f"Postgres: {exc}") from exc
+                if not claimed:
+                    return self._slot_rejection(windows, slots, index, now)
             short = [window for window in windows if self._available(window) < window.need]
             exhausted = await self._claim(short, now)
             if exhausted is not None:
@@ -538,6 +547,9 @@ class PostgresBackend:
         outcome = self._consume_from_leases(windows, slots, ticket_id, now)
         if outcome is not None:
             return outcome
+        short_slots = self._slot_leases.short(slots, now)
+        if short_slots:
+            return self._slot_rejection(windows, slots, short_slots[0], now)
         short_index = next(i for i, w in enumerate(windows) if self._available(w) < w.need)
         return self._rejection(windows, slots, short_index, now)
 
@@ -562,6 +574,7 @@ class PostgresBackend:
                 await self._add_overage(window, delta - spent_from_block)
 
     async def close(self) -> None:
+        await self._slot_leases.close()
         self._leases.clear()
         self._locks.clear()
 
@@ -598,6 +611,8 @@ class PostgresBackend:
         if rejected_slot is not None:
             counts = self._estimated_counts(windows)
             return AcquireOutcome(counts, in_flight, rejected_slot=rejected_slot)
+        if self._slot_leases.short(slots, now):
+            return None
         if any(self._available(window) < window.need for window in windows):
             return None
         for window in windows:
@@ -614,6 +629,18 @@ class PostgresBackend:
     ) -> AcquireOutcome:
         in_flight = [self._slots.in_flight(slot.scope, now) for slot in slots]
         return AcquireOutcome(self._estimated_counts(windows), in_flight, rejected_window=index)
+
+    def _slot_rejection(
+        self,
+        windows: Sequence[WindowCheck],
+        slots: Sequence[SlotCheck],
+        index: int,
+        now: float,
+    ) -> AcquireOutcome:
+        # Other processes hold the rest of the slots, so the scope is full.
+        in_flight = [self._slots.in_flight(slot.scope, now) for slot in slots]
+        in_flight[index] = slots[index].limit
+        return AcquireOutcome(self._estimated_counts(windows), in_flight, rejected_slot=index)
 
     async def _claim(self, short: Sequence[WindowCheck], now: float) -> WindowCheck | None:
         """Claim blocks for the short windows; return the first window out of capacity."""

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from gateway_core import budgets, directory, keys, model_routes, providers
+from gateway_core.limits_admin import set_rate_limits
 from tests.conftest import TEST_SECRET
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.processes import ProxyProcess
@@ -52,8 +53,10 @@ def setup_key(engine: Engine, upstream: FakeOpenAI) -> tuple[str, int, int]:
     return issued.secret, team.id, team.organization_id
 
 
-async def burst(base_urls: list[str], key: str, count: int) -> list[httpx.Response]:
-    body = {**CHAT, "model": "fake/any", "max_tokens": MAX_TOKENS}
+async def burst(
+    base_urls: list[str], key: str, count: int, model: str = "fake/any"
+) -> list[httpx.Response]:
+    body = {**CHAT, "model": model, "max_tokens": MAX_TOKENS}
     body["messages"] = [{"role": "user", "content": "ping"}]
     headers = {"authorization": f"Bearer {key}"}
     limits = httpx.Limits(max_connections=count)
@@ -264,3 +267,33 @@ def test_rate_limit_headers_and_429(
     # The rejected call reserved budget first and handed it all back.
     assert spent == Decimal("0.009")
     assert leases_left(engine) == 0
+
+
+def test_concurrency_limit_across_hosts(database_url: str, engine: Engine, tmp_path: Path) -> None:
+    # Without REDIS_URL the workers share concurrency slots through Postgres.
+    fake = FakeOpenAI(hang_seconds=1.5).start()
+    try:
+        key, _, _ = setup_key(engine, fake)
+        with engine.begin() as conn:
+            key_id = conn.execute(text("SELECT max(id) FROM api_keys")).scalar_one()
+            set_rate_limits(conn, "admin", scope_type="key", scope_id=key_id, max_concurrent=2)
+        # Two hosts, one of them with two workers; calls alternate between hosts.
+        first = start_proxy(database_url, tmp_path / "a.log", workers=2)
+        second = start_proxy(database_url, tmp_path / "b.log")
+        try:
+            base_urls = [first.base_url, second.base_url]
+            responses = asyncio.run(burst(base_urls, key, 10, model="fake/hang"))
+        finally:
+            first.stop()
+            second.stop()
+    finally:
+        fake.stop()
+    statuses = [r.status_code for r in responses]
+    assert 1 <= statuses.count(200) <= 2, statuses
+    assert statuses.count(429) == len(responses) - statuses.count(200), statuses
+    rejected = next(r for r in responses if r.status_code == 429)
+    assert "2 concurrent requests" in rejected.json()["error"]["message"]
+    assert rejected.headers["retry-after"]
+    with engine.connect() as conn:
+        held = conn.execute(text("SELECT count(*) FROM rate_limit_slot_leases")).scalar_one()
+    assert held == 0
