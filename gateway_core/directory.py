@@ -9,7 +9,7 @@ import bcrypt
 from sqlalchemy import Connection, func, insert, select
 
 from gateway_core.errors import InvalidRequestError, NotFoundError
-from gateway_core.schema import organizations, projects, teams, users
+from gateway_core.schema import api_keys, organizations, projects, teams, users
 
 DEFAULT_ORGANIZATION = "Default"
 ROLES = ("owner", "admin", "team_admin", "researcher", "viewer", "billing")
@@ -118,6 +118,19 @@ def list_projects(conn: Connection, team_id: int | None = None) -> list[Project]
     if team_id is not None:
         query = query.where(projects.c.team_id == team_id)
     return [Project(*row) for row in conn.execute(query)]
+
+
+def directory_version(conn: Connection) -> tuple[int, ...]:
+    """Return the count and highest id of organizations, teams, projects and API keys.
+
+    The tuple changes whenever one of them is added or deleted, so pages key
+    their cached name lists by it. A rename leaves it unchanged.
+    """
+    columns = []
+    for table in (organizations, teams, projects, api_keys):
+        columns.append(select(func.count()).select_from(table).scalar_subquery())
+        columns.append(select(func.coalesce(func.max(table.c.id), 0)).scalar_subquery())
+    return tuple(int(value) for value in conn.execute(select(*columns)).one())
 
 
 def list_teams(conn: Connection) -> list[Team]:

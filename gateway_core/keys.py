@@ -50,6 +50,8 @@ class KeySummary:
     last4: str
     created_at: datetime
     revoked_at: datetime | None
+    # None for a key that counts for its team only.
+    project_name: str | None = None
 
 
 def hash_key(secret: bytes, key: str) -> bytes:
@@ -135,8 +137,10 @@ def list_keys(conn: Connection, team_id: int | None = None) -> list[KeySummary]:
             api_keys.c.last4,
             api_keys.c.created_at,
             api_keys.c.revoked_at,
+            projects.c.name.label("project_name"),
         )
         .join(teams, teams.c.id == api_keys.c.team_id)
+        .outerjoin(projects, projects.c.id == api_keys.c.project_id)
         .order_by(api_keys.c.id)
     )
     if team_id is not None:

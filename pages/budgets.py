@@ -549,9 +549,13 @@ def render_create_project(engine: Engine, teams: list[Scope], user: dict) -> Non
 def render_overview(
     scopes: list[Scope], all_budgets: list[budgets.Budget], all_limits: list[RateLimits]
 ) -> None:
+    """Show every budget and rate limit.
+
+    An empty table is left out, because the section of the chosen scope shows that.
+    """
     scope_by_key = {(scope.scope_type, scope.scope_id): scope for scope in scopes}
-    st.subheader("All budgets")
     if all_budgets:
+        st.subheader("All budgets")
         st.dataframe(
             pd.DataFrame(
                 {
@@ -570,13 +574,9 @@ def render_overview(
             ),
             hide_index=True,
         )
-    else:
-        st.info("No budgets yet. Pick a scope above and set its first budget.")
-
-    st.subheader("All rate limits")
     if not all_limits:
-        st.info("No rate limits yet. Pick a scope above and save its rate limits.")
         return
+    st.subheader("All rate limits")
     columns = {
         "Scope type": [limits.scope_type for limits in all_limits],
         "Scope": [
@@ -597,6 +597,14 @@ if FLASH_MESSAGE in st.session_state:
     st.success(st.session_state.pop(FLASH_MESSAGE))
 
 scopes = load_scopes(settings.database_url)
+if not any(scope.scope_type == "team" for scope in scopes):
+    # Every other section needs a team, so one message replaces their empty states.
+    st.info(
+        "No teams yet. An owner or admin creates the first team on the Keys page, which also "
+        "creates the Default organization. Then come back here to create projects and set "
+        "budgets and rate limits."
+    )
+    st.stop()
 all_budgets = load_budgets(settings.database_url)
 all_limits = load_rate_limits(settings.database_url)
 scope = pick_scope(scopes)

@@ -44,6 +44,17 @@ MODEL_LIST = "compare_model_list"
 OPEN_RUN = "compare_open_run"
 FLASH_MESSAGE = "compare_page_flash"
 QUALITY_LABELS = {"pass_rate": "Pass rate", "mean_rating": "Mean rating (1 to 5)"}
+SUMMARY_LABELS = {
+    "model": "Model",
+    "cells": "Answers",
+    "errors": "Errors",
+    "checked": "Checked answers",
+    "pass_rate": QUALITY_LABELS["pass_rate"],
+    "mean_rating": QUALITY_LABELS["mean_rating"],
+    "median_latency_ms": "Median latency (ms)",
+    "p95_latency_ms": "p95 latency (ms)",
+    "total_cost_usd": "Total cost (USD)",
+}
 
 logger = logging.getLogger("gatewayz.app.compare")
 
@@ -520,7 +531,7 @@ def render_run(store: RunStore, run_id: int, key: str | None, base_url: str) -> 
         render_batch_rating(store, cells, mine)
 
     st.markdown("**Summary per model**")
-    st.dataframe(summary_display(summary), hide_index=True)
+    st.dataframe(summary_display(summary), hide_index=True, column_config=SUMMARY_LABELS)
     quality_chart(summary)
     st.download_button(
         "Download results as CSV",
@@ -543,8 +554,12 @@ except ConfigError as error:
 store = RunStore(engine_for(settings.database_url))
 
 st.title("Compare models")
-if FLASH_MESSAGE in st.session_state:
-    st.success(st.session_state.pop(FLASH_MESSAGE))
+# Messages go into containers that are always drawn, so the tabs below keep
+# their place in the page and Streamlit keeps the open tab when a message
+# comes or goes.
+with st.container():
+    if FLASH_MESSAGE in st.session_state:
+        st.success(st.session_state.pop(FLASH_MESSAGE))
 typed_key = st.text_input(
     "Project API key",
     type="password",
@@ -552,9 +567,10 @@ typed_key = st.text_input(
     help="The key whose project pays for the calls. It stays in this browser session only.",
 ).strip()
 key = typed_key or None
-models = available_models(key, base_url) if key else None
-if key is None:
-    st.info("Paste a project API key to choose models. History is shown without one.")
+with st.container():
+    models = available_models(key, base_url) if key else None
+    if key is None:
+        st.info("Paste a project API key to choose models. History is shown without one.")
 settings_values = settings_form(models or [])
 compare_tab, batch_tab, history_tab = st.tabs(["Compare", "Batch", "History"])
 with compare_tab:

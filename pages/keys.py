@@ -30,6 +30,8 @@ LIST_TTL_SECONDS = 10
 FLASH_MESSAGE = "keys_page_flash"
 # Widgets of the restrictions form, whose keys are f"policy_{name}_{key id}".
 POLICY_WIDGETS = ("models", "endpoints", "networks", "referrers", "expires", "tags")
+# Project choice of a key that counts for its team only.
+NO_PROJECT = 0
 
 logger = logging.getLogger("gatewayz.app.keys")
 
@@ -50,6 +52,13 @@ def load_teams(database_url: str, username: str, role: str) -> list[directory.Te
     """Return the teams whose keys this user may manage."""
     with engine_for(database_url).connect() as conn:
         return keys_admin.visible_teams(conn, Actor(username, role))
+
+
+@st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
+def load_projects(database_url: str, version: tuple[int, ...]) -> list[directory.Project]:
+    """Return every project; `version` is directory_version, so a new project shows at once."""
+    with engine_for(database_url).connect() as conn:
+        return directory.list_projects(conn)
 
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
@@ -103,12 +112,29 @@ def render_create_team(engine: Engine, actor: Actor) -> None:
     st.success(f"Created team {team.name!r}.")
 
 
-def key_form(teams: list[directory.Team]) -> tuple[int, str, str] | None:
-    """Render the key form and return (team id, key name, mode) when it is submitted."""
+def key_form(
+    teams: list[directory.Team], projects: list[directory.Project]
+) -> tuple[int, int | None, str, str] | None:
+    """Render the key form and return (team id, project id, key name, mode) when submitted."""
     team_names = {team.id: team.name for team in teams}
+    # A team admin sees only the projects of the teams they administer.
+    project_labels = {
+        project.id: f"{team_names[project.team_id]} / {project.name}"
+        for project in projects
+        if project.team_id in team_names
+    }
     with st.form("create_key", clear_on_submit=True):
         team_id = st.selectbox(
             "Team", list(team_names), format_func=team_names.__getitem__, key="key_team"
+        )
+        project_id = st.selectbox(
+            "Project",
+            [NO_PROJECT, *project_labels],
+            format_func=lambda i: "No project" if i == NO_PROJECT else project_labels[i],
+            key="key_project",
+            help="The project's budgets and rate limits also apply to the key, and research "
+            "reports count its calls under the project. Projects are created on the "
+            "Budgets & limits page.",
         )
         name = st.text_input("Key name", max_chars=200, placeholder="ci-pipeline", key="key_name")
         mode = st.radio(
@@ -119,11 +145,17 @@ def key_form(teams: list[directory.Team]) -> tuple[int, str, str] | None:
             help="Live keys start with gw_live_, test keys with gw_test_.",
         )
         submitted = st.form_submit_button("Create key")
-    return (team_id, name, mode) if submitted else None
+    if not submitted:
+        return None
+    return team_id, None if project_id == NO_PROJECT else project_id, name, mode
 
 
 def render_create_key(
-    engine: Engine, secret: bytes, teams: list[directory.Team], actor: Actor
+    engine: Engine,
+    secret: bytes,
+    teams: list[directory.Team],
+    projects: list[directory.Project],
+    actor: Actor,
 ) -> None:
     st.subheader("Create an API key")
     if not teams and access.can(actor.role, "teams.create"):
@@ -135,36 +167,55 @@ def render_create_key(
             "on the Users page."
         )
         return
-    submission = key_form(teams)
+    submission = key_form(teams, projects)
     if submission is None:
         return
-    team_id, name, mode = submission
+    team_id, project_id, name, mode = submission
     if not name.strip():
         st.error("Key name must not be empty: enter a name that says where the key is used.")
+        return
+    team_name = next(team.name for team in teams if team.id == team_id)
+    project = next((project for project in projects if project.id == project_id), None)
+    if project is not None and project.team_id != team_id:
+        st.error(
+            f"Project {project.name!r} belongs to another team. Pick its team, "
+            f"or pick a project of {team_name!r}."
+        )
         return
 
     try:
         with engine.begin() as conn:
             issued = keys_admin.create_key(
-                conn, secret, actor, team_id=team_id, name=name.strip(), mode=mode
+                conn,
+                secret,
+                actor,
+                team_id=team_id,
+                name=name.strip(),
+                mode=mode,
+                project_id=project_id,
             )
-    except PermissionDeniedError as error:
+    except (InvalidRequestError, PermissionDeniedError) as error:
         load_teams.clear()
+        load_projects.clear()
         logger.warning("user %s: key not created: %s", actor.username, error.message)
         st.error(error.message)
         return
     except IntegrityError:
         load_teams.clear()
+        load_projects.clear()
         logger.warning(
-            "user %s: key not created because team %d no longer exists", actor.username, team_id
+            "user %s: key not created because team %d or project %s no longer exists",
+            actor.username,
+            team_id,
+            project_id,
         )
-        st.error("That team no longer exists. Pick another team.")
+        st.error("That team or project no longer exists. Pick another one.")
         return
 
     load_keys.clear()
     logger.info("user %s created %s key %d for team %d", actor.username, mode, issued.id, team_id)
-    team_name = next(team.name for team in teams if team.id == team_id)
-    st.success(f"Created {issued.mode} key {issued.name!r} for team {team_name!r}.")
+    owner = f"team {team_name!r}" if project is None else f"project {project.name!r}"
+    st.success(f"Created {issued.mode} key {issued.name!r} for {owner}.")
     st.warning(
         "Copy this key now. Gatewayz stores only its hash, so the key will not be shown again."
     )
@@ -180,6 +231,7 @@ def render_key_list(key_list: list[keys.KeySummary]) -> None:
     frame = pd.DataFrame(
         {
             "Team": [key.team_name for key in key_list],
+            "Project": [key.project_name or "–" for key in key_list],
             "Name": [key.name for key in key_list],
             "Key": [key_label(key) for key in key_list],
             "Mode": [key.mode for key in key_list],
@@ -357,9 +409,15 @@ if FLASH_MESSAGE in st.session_state:
     st.success(st.session_state.pop(FLASH_MESSAGE))
 render_create_team(engine, actor)
 teams = load_teams(settings.database_url, actor.username, actor.role)
-render_create_key(engine, settings.secret, teams, actor)
+with engine.connect() as conn:
+    version = directory.directory_version(conn)
+projects = load_projects(settings.database_url, version)
+render_create_key(engine, settings.secret, teams, projects, actor)
 team_ids = {team.id for team in teams}
 key_list = [key for key in load_keys(settings.database_url) if key.team_id in team_ids]
-render_key_list(key_list)
-render_revoke(engine, key_list, actor)
-render_policy(engine, key_list, actor)
+# Without teams, the key form above already shows what to do first.
+if teams:
+    render_key_list(key_list)
+if key_list:
+    render_revoke(engine, key_list, actor)
+    render_policy(engine, key_list, actor)

@@ -308,10 +308,11 @@ def render_set_fallbacks(engine: Engine, names: list[str], user: dict) -> None:
 
 
 def render_remove_route(engine: Engine, routes: list[model_routes.ModelRoute], user: dict) -> None:
-    st.subheader("Remove an alias or fallback list")
+    # Without routes the section is left out, because "Aliases and fallbacks"
+    # above shows that there are none.
     if not routes:
-        st.info("Nothing to remove yet.")
         return
+    st.subheader("Remove an alias or fallback list")
     with st.form("remove_route"):
         name = st.selectbox("Name", [route.name for route in routes], key="remove_route_name")
         submitted = st.form_submit_button("Remove route")

@@ -17,7 +17,7 @@ import streamlit as st
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway_core import reports, usage_stats
+from gateway_core import directory, reports, usage_stats
 from gateway_core.config import Settings
 from gateway_core.db import get_engine
 from gateway_core.errors import GatewayError
@@ -43,13 +43,19 @@ def engine_for(database_url: str) -> Engine:
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
-def load_organizations(database_url: str) -> list[Organization]:
+def load_organizations(database_url: str, version: tuple[int, ...]) -> list[Organization]:
     with engine_for(database_url).connect() as conn:
         return usage_stats.list_organizations(conn)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
-def load_names(database_url: str, organization_id: int) -> OrganizationNames:
+def load_names(
+    database_url: str, organization_id: int, version: tuple[int, ...]
+) -> OrganizationNames:
+    """Return the organization's names.
+
+    The cache is keyed by `version`, from directory_version, so new names show at once.
+    """
     with engine_for(database_url).connect() as conn:
         return usage_stats.organization_names(conn, organization_id)
 
@@ -66,10 +72,11 @@ def load_summary(database_url: str, scope: ReportScope, first: date, end: date) 
         return reports.report_summary(conn, scope, first, end)
 
 
-def file_name(scope: ReportScope, first: date, end: date) -> str:
+def file_name(scope: ReportScope, first: date, last: date) -> str:
+    """Return the download's name, which gives the first and the last day, both included."""
     subject = scope.team_name if scope.project is None else scope.project.name
     slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in subject).strip("-") or "report"
-    return f"research-{slug}-{first.isoformat()}-to-{end.isoformat()}.csv"
+    return f"research-{slug}-{first.isoformat()}-to-{last.isoformat()}.csv"
 
 
 def render_header(scope: ReportScope, first: date, last: date) -> None:
@@ -118,7 +125,9 @@ st.title("Research reports")
 url = settings.database_url
 
 try:
-    organizations = load_organizations(url)
+    with engine_for(url).connect() as conn:
+        version = directory.directory_version(conn)
+    organizations = load_organizations(url, version)
 except SQLAlchemyError as error:
     logger.error("reading organizations failed: %s", error)
     st.error("Cannot read from Postgres. Check that the database is running, then reload.")
@@ -136,7 +145,7 @@ organization_id = st.selectbox(
     disabled=len(by_id) == 1,
 )
 organization = by_id[organization_id]
-names = load_names(url, organization.id)
+names = load_names(url, organization.id, version)
 if not names.teams:
     st.info("No teams yet. An admin creates teams and projects; reports cover their usage.")
     st.stop()
@@ -190,7 +199,7 @@ st.download_button(
     "Download CSV",
     # Runs in a separate thread when clicked, with its own database connection.
     data=lambda: reports.export_report_file(engine, scope, first, end),
-    file_name=file_name(scope, first, end),
+    file_name=file_name(scope, first, last),
     mime="text/csv",
     icon=":material/download:",
     key="reports_download",

@@ -19,7 +19,7 @@ from plotly.graph_objects import Figure
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway_core import budgets, usage_stats
+from gateway_core import budgets, directory, usage_stats
 from gateway_core.config import Settings
 from gateway_core.db import get_engine
 from gateway_core.errors import GatewayError
@@ -47,13 +47,19 @@ def engine_for(database_url: str) -> Engine:
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
-def load_organizations(database_url: str) -> list[Organization]:
+def load_organizations(database_url: str, version: tuple[int, ...]) -> list[Organization]:
     with engine_for(database_url).connect() as conn:
         return usage_stats.list_organizations(conn)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
-def load_names(database_url: str, organization_id: int) -> OrganizationNames:
+def load_names(
+    database_url: str, organization_id: int, version: tuple[int, ...]
+) -> OrganizationNames:
+    """Return the organization's names.
+
+    The cache is keyed by `version`, from directory_version, so new names show at once.
+    """
     with engine_for(database_url).connect() as conn:
         return usage_stats.organization_names(conn, organization_id)
 
@@ -116,6 +122,8 @@ def spend_chart(
         labels={"bucket": f"Time ({timezone})", "cost_usd": "Cost (USD)", "model": "Model"},
     )
     figure.update_yaxes(tickprefix="$")
+    # Buckets start at midnight, so the axis shows dates without a time of day.
+    figure.update_xaxes(tickformat="%Y-%m" if unit == "month" else "%Y-%m-%d")
     for status in statuses:
         budget = status.budget
         if budget.period == BUDGET_PERIOD_FOR_UNIT[unit]:
@@ -159,7 +167,9 @@ st.title("Team spend")
 url = settings.database_url
 
 try:
-    organizations = load_organizations(url)
+    with engine_for(url).connect() as conn:
+        version = directory.directory_version(conn)
+    organizations = load_organizations(url, version)
 except SQLAlchemyError as error:
     logger.error("reading organizations failed: %s", error)
     st.error("Cannot read from Postgres. Check that the database is running, then reload.")
@@ -177,7 +187,7 @@ organization_id = st.selectbox(
     disabled=len(by_id) == 1,
 )
 organization = by_id[organization_id]
-names = load_names(url, organization.id)
+names = load_names(url, organization.id, version)
 if not names.teams:
     st.info("No teams yet. Create one on the Keys page, then come back to see its spend.")
     st.stop()
@@ -248,6 +258,13 @@ total = sum(over_time["cost_usd"], Decimal(0))
 st.metric(f"Spend of {subject} (USD)", f"${total:,.4f}")
 if over_time.empty:
     st.info(f"{subject} made no calls in this date range. Pick another team or widen the dates.")
+elif total == 0:
+    # A chart of zero-height bars reads as missing data, so it is left out.
+    st.info(
+        f"The calls of {subject} in this date range cost nothing, so there is no spend to "
+        "chart. Sandbox models are free unless an owner or admin sets a price override for "
+        "them on the Models page."
+    )
 else:
     st.plotly_chart(spend_chart(over_time, unit, organization.timezone, statuses))
 if statuses:

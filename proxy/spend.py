@@ -244,7 +244,8 @@ class SpendGuard:
                 if state.available < amount:
                     raise InsufficientCreditsError(
                         f"request needs up to ${amount:f} but the {limit.label} "
-                        "has not enough left",
+                        "has not enough left; GET /v1/key shows what is left and when "
+                        "it resets",
                         code=limit.error_code,
                     )
                 state.reserved += amount

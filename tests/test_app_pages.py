@@ -391,9 +391,9 @@ def signed_in_keys_page(engine: Engine, role: str = "owner") -> AppTest:
 def test_keys_page_empty_state(cookies, engine: Engine) -> None:
     at = signed_in_keys_page(engine)
 
-    assert "No teams yet: create one above." in values(at.info)
-    assert "No API keys yet: create one above." in values(at.info)
-    assert "No active keys to revoke." in values(at.info)
+    # One message shows what to do first, not one per empty section.
+    assert values(at.info) == ["No teams yet: create one above."]
+    assert not at.get("dataframe")
 
 
 def test_keys_page_creates_team(cookies, engine: Engine) -> None:
@@ -474,6 +474,43 @@ def test_plain_key_in_no_database_column(cookies, engine: Engine) -> None:
     assert "gw_live_" not in json.dumps(
         {key: str(value) for key, value in at.session_state.to_dict().items()}
     )
+
+
+def test_keys_page_creates_project_key(cookies, engine: Engine) -> None:
+    with engine.begin() as conn:
+        team = directory.create_team(conn, "Research")
+        project = directory.create_project(conn, team.id, "folding")
+    at = signed_in_keys_page(engine)
+
+    assert at.selectbox(key="key_project").options == ["No project", "Research / folding"]
+    at.selectbox(key="key_team").set_value(team.id)
+    at.selectbox(key="key_project").set_value(project.id)
+    at.text_input(key="key_name").input("batch")
+    click(at, "Create key")
+
+    assert "Created live key 'batch' for project 'folding'." in values(at.success)
+    with engine.connect() as conn:
+        assert conn.execute(select(api_keys.c.project_id)).scalar_one() == project.id
+    listed = at.dataframe[0].value
+    assert listed["Project"].tolist() == ["folding"]
+
+
+def test_project_key_needs_its_team(cookies, engine: Engine) -> None:
+    with engine.begin() as conn:
+        research = directory.create_team(conn, "Research")
+        ops = directory.create_team(conn, "Ops")
+        project = directory.create_project(conn, research.id, "folding")
+    at = signed_in_keys_page(engine)
+
+    at.selectbox(key="key_team").set_value(ops.id)
+    at.selectbox(key="key_project").set_value(project.id)
+    at.text_input(key="key_name").input("batch")
+    click(at, "Create key")
+
+    assert not at.code
+    assert any("belongs to another team" in message for message in values(at.error))
+    with engine.connect() as conn:
+        assert conn.execute(select(api_keys.c.id)).first() is None
 
 
 def test_key_name_required(cookies, engine: Engine) -> None:

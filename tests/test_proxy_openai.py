@@ -13,7 +13,7 @@ import openai
 import pytest
 from sqlalchemy import Engine, text
 
-from gateway_core import directory, keys, providers
+from gateway_core import directory, keys, model_routes, providers
 from tests.conftest import TEST_SECRET
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.processes import ProxyProcess
@@ -85,6 +85,25 @@ def test_sandbox_chat_non_streaming(client: openai.OpenAI, engine: Engine, live_
     assert row["cost_usd"] == Decimal(0)
     assert row["stream"] is False
     assert row["latency_ms"] >= 0
+
+
+def test_sandbox_billed_with_override(client: openai.OpenAI, engine: Engine) -> None:
+    with engine.begin() as conn:
+        # $0.001 an input token and $0.002 an output token.
+        model_routes.set_price_override(conn, "sandbox/lorem", {"input": "1000", "output": "2000"})
+    raw = client.chat.completions.with_raw_response.create(
+        model="sandbox/lorem", messages=[{"role": "user", "content": "price me"}], max_tokens=4
+    )
+    usage = raw.parse().usage
+    expected = usage.prompt_tokens * Decimal("0.001") + usage.completion_tokens * Decimal("0.002")
+    assert expected > 0
+    assert Decimal(raw.headers["x-gatewayz-cost-usd"]) == expected
+    assert usage_row(engine, raw.headers["x-request-id"])["cost_usd"] == expected
+
+    unpriced = client.chat.completions.with_raw_response.create(
+        model="sandbox/echo", messages=[{"role": "user", "content": "still free"}]
+    )
+    assert Decimal(unpriced.headers["x-gatewayz-cost-usd"]) == 0
 
 
 def test_sandbox_chat_streaming(client: openai.OpenAI, engine: Engine) -> None:

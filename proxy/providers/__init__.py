@@ -288,5 +288,10 @@ class ProviderRegistry:
 
     def cost_prices(self, route: Route) -> ModelPrices | None:
         if route.provider.synthetic:
+            # Sandbox calls are free unless an admin prices a sandbox model,
+            # which rehearses budgets without a paid provider. A test key's call
+            # to another model goes to the sandbox and stays free.
+            if route.model_id.startswith("sandbox/"):
+                return self._prices.get(route.model_id)
             return None
         return self.prices_for(route.model_id, route.entry)

@@ -1,7 +1,8 @@
 """The built-in sandbox provider: deterministic, free and clearly synthetic.
 
 It needs no network and no provider key. `gw_test_` keys are always served
-by it. Models:
+by it. Calls cost nothing unless an admin sets a price override for a
+sandbox model, which bills that model's calls like a paid one. Models:
 - `sandbox/echo` repeats the last user message,
 - `sandbox/reverse` repeats it with the word order reversed,
 - `sandbox/lorem` answers with placeholder text of `max_tokens` words.
