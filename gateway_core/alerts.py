@@ -165,7 +165,7 @@ def claim_alert(
     return conn.execute(statement).first() is not None
 
 
-def _build_email(
+def build_email(
     sender: str, recipient: str, subject: str, text: str, html_body: str | None
 ) -> EmailMessage:
     message = EmailMessage()
@@ -179,13 +179,37 @@ def _build_email(
     return message
 
 
-def _is_permanent_smtp_error(error: Exception) -> bool:
+def is_permanent_smtp_error(error: Exception) -> bool:
     """Tell whether retrying cannot help: a 5xx reply, a missing extension or a TLS error."""
     if isinstance(error, smtplib.SMTPRecipientsRefused):
         return all(code >= 500 for code, _ in error.recipients.values())
     if isinstance(error, smtplib.SMTPResponseException):
         return error.smtp_code >= 500
     return isinstance(error, smtplib.SMTPNotSupportedError | ssl.SSLError)
+
+
+def deliver(
+    message: EmailMessage,
+    smtp_host: str,
+    smtp_port: int,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    starttls: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> None:
+    """Send one message in one SMTP session, without retries.
+
+    Raises smtplib.SMTPException or OSError when the server cannot be
+    reached or rejects the message.
+    """
+    with smtplib.SMTP(smtp_host, smtp_port, timeout=timeout) as client:
+        if starttls:
+            client.starttls(context=ssl_context or ssl.create_default_context())
+        if username is not None:
+            client.login(username, password or "")
+        client.send_message(message)
 
 
 def send_email(
@@ -212,20 +236,24 @@ def send_email(
     as a header with a line break) are logged and return False.
     """
     try:
-        message = _build_email(sender, recipient, subject, text, html)
+        message = build_email(sender, recipient, subject, text, html)
     except ValueError as exc:
         logger.error("email to %s not sent: invalid message: %s", recipient, exc)
         return False
     for attempt in range(1, attempts + 1):
         try:
-            with smtplib.SMTP(smtp_host, smtp_port, timeout=timeout) as client:
-                if starttls:
-                    client.starttls(context=ssl_context or ssl.create_default_context())
-                if username is not None:
-                    client.login(username, password or "")
-                client.send_message(message)
+            deliver(
+                message,
+                smtp_host,
+                smtp_port,
+                username=username,
+                password=password,
+                starttls=starttls,
+                ssl_context=ssl_context,
+                timeout=timeout,
+            )
         except (smtplib.SMTPException, OSError) as exc:
-            if _is_permanent_smtp_error(exc) or attempt == attempts:
+            if is_permanent_smtp_error(exc) or attempt == attempts:
                 logger.error(
                     "email to %s via %s:%d failed on attempt %d of %d: %s: %s",
                     recipient,
