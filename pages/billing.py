@@ -264,23 +264,32 @@ def render_email_previews() -> None:
         st.html(html)
 
 
-def render_admin(engine: Engine, org_id: int, username: str) -> None:
+def render_admin(engine: Engine, org_id: int, actor: access.Actor) -> None:
     st.subheader("Self-service settings")
     with engine.connect() as conn:
         current = signup.get_settings(conn)
         live = signup.live_keys_allowed(conn, org_id)
     enabled = st.toggle(
-        "Self-service sign-up", value=current.signup_enabled, key="billing_signup_enabled"
+        "Self-service sign-up",
+        value=current.signup_enabled,
+        key="billing_signup_enabled",
+        help="Shows a Create an account form on the sign-in page.",
     )
     if enabled != current.signup_enabled:
-        access.require(current_role(), "users.manage")
-        with engine.begin() as conn:
-            signup.set_signup_enabled(conn, enabled, username)
+        try:
+            with engine.begin() as conn:
+                signup.set_signup_enabled(conn, actor, enabled)
+        except GatewayError as error:
+            st.error(error.message)
+            return
         st.success(f"Self-service sign-up is now {'on' if enabled else 'off'}.")
     if not live and st.button("Approve live keys for this organization", key="billing_approve"):
-        access.require(current_role(), "users.manage")
-        with engine.begin() as conn:
-            signup.approve_live_keys(conn, org_id, username)
+        try:
+            with engine.begin() as conn:
+                signup.approve_live_keys(conn, actor, org_id)
+        except GatewayError as error:
+            st.error(error.message)
+            return
         st.success("This organization may now create live keys.")
 
 
@@ -305,5 +314,6 @@ if org_id is not None:
     with engine.connect() as conn:
         is_operator = signup.organization_of_username(conn, user["username"]) is None
     if is_operator and user["role"] in ADMIN_ROLES:
-        render_admin(engine, org_id, user["username"])
+        actor = access.Actor(user["username"], user["role"], st.context.ip_address)
+        render_admin(engine, org_id, actor)
 render_email_previews()
