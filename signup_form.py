@@ -37,7 +37,7 @@ def render(engine: Engine, secret: bytes, client_address: str | None) -> signup.
             "Organization name", max_chars=signup.MAX_ORGANIZATION_NAME, key="signup_org"
         )
         password = st.text_input(
-            "Password",
+            "Choose a password",
             type="password",
             key="signup_password",
             help=f"At least {signup.MIN_PASSWORD_LENGTH} characters.",
