@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from gateway_core import alerts, emails
+from gateway_core import emails
 from gateway_core.config import ConfigError
 from gateway_core.schema import (
     alert_channels,
@@ -41,6 +41,7 @@ from gateway_core.schema import (
     self_service_settings,
     users,
 )
+from gateway_core.smtp import SmtpSettings, build_email, deliver, is_permanent_smtp_error
 
 logger = logging.getLogger(__name__)
 
@@ -161,12 +162,10 @@ def _claim_next(conn: Connection, now: datetime | None) -> Any:
     return conn.execute(query).first()
 
 
-def _send_row(row: Any, smtp: alerts.SmtpSettings) -> Exception | None:
+def _send_row(row: Any, smtp: SmtpSettings) -> Exception | None:
     try:
-        message = alerts.build_email(
-            smtp.sender, row.recipient, row.subject, row.text_body, row.html_body
-        )
-        alerts.deliver(
+        message = build_email(smtp.sender, row.recipient, row.subject, row.text_body, row.html_body)
+        deliver(
             message,
             smtp.host,
             smtp.port,
@@ -182,7 +181,7 @@ def _send_row(row: Any, smtp: alerts.SmtpSettings) -> Exception | None:
 
 def _record_failure(conn: Connection, row: Any, error: Exception, now: datetime | None) -> None:
     attempts = row.attempts + 1
-    permanent = isinstance(error, ValueError) or alerts.is_permanent_smtp_error(error)
+    permanent = isinstance(error, ValueError) or is_permanent_smtp_error(error)
     description = f"{type(error).__name__}: {error}"[:MAX_ERROR_LENGTH]
     values: dict[str, Any] = {"attempts": attempts, "last_error": description}
     if permanent or attempts >= MAX_ATTEMPTS:
@@ -214,7 +213,7 @@ def _record_failure(conn: Connection, row: Any, error: Exception, now: datetime 
 
 def deliver_due(
     engine: Engine,
-    smtp: alerts.SmtpSettings,
+    smtp: SmtpSettings,
     *,
     limit: int = 100,
     now: datetime | None = None,
@@ -340,9 +339,7 @@ def retry_failed(conn: Connection, email_id: int) -> bool:
 class OutboxSender:
     """Drain the outbox and check low balances in a daemon thread until `stop`."""
 
-    def __init__(
-        self, engine: Engine, smtp: alerts.SmtpSettings, interval: float = POLL_INTERVAL
-    ) -> None:
+    def __init__(self, engine: Engine, smtp: SmtpSettings, interval: float = POLL_INTERVAL) -> None:
         self._engine = engine
         self._smtp = smtp
         self._interval = interval
@@ -387,7 +384,7 @@ def start_sender(engine: Engine, interval: float = POLL_INTERVAL) -> OutboxSende
     Queued emails wait in the outbox until a process with SMTP settings runs.
     """
     try:
-        smtp = alerts.SmtpSettings.from_env()
+        smtp = SmtpSettings.from_env()
     except ConfigError as exc:
         logger.error("emails stay queued until the SMTP settings are fixed: %s", exc)
         return None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -13,9 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 
-from gateway_core import email_outbox
 from gateway_core.config import Settings
-from gateway_core.db import get_engine
 from gateway_core.errors import GatewayError, InvalidRequestError, NotFoundError
 from proxy import admin_api, billing_webhook, routes, sessions
 from proxy.context import CallContext
@@ -71,13 +68,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.gateway = await Gateway.start(settings)
-        engine = get_engine(settings.database_url)
-        app.state.email_sender = email_outbox.start_sender(engine)
         try:
             yield
         finally:
-            if app.state.email_sender is not None:
-                await asyncio.to_thread(app.state.email_sender.stop)
             await app.state.gateway.stop()
 
     return Starlette(

@@ -152,7 +152,7 @@ async def stripe_webhook(request: Request) -> Response:
             "processing the event failed; Stripe will retry it", code="event_failed"
         )
         return error_response(error, request_id)
-    sender = getattr(request.app.state, "email_sender", None)
+    sender = request.app.state.gateway.email_sender
     if outcome.receipt is not None and sender is not None:
         sender.wake()
     return JSONResponse(
