@@ -19,6 +19,7 @@ import pytest
 import streamlit as st
 from markupsafe import escape
 from sqlalchemy import Engine, select
+from streamlit.runtime.context import ContextProxy
 from streamlit.testing.v1 import AppTest
 
 from gateway_core import billing, directory, emails, keys, ledger, promotions, signup
@@ -28,6 +29,7 @@ from gateway_core.config import ConfigError
 from gateway_core.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from gateway_core.schema import (
     api_keys,
+    audit_log,
     billing_subscriptions,
     ledger_entries,
     organization_members,
@@ -719,6 +721,8 @@ def page_env(engine: Engine, server_env: dict[str, str], monkeypatch) -> Iterato
     monkeypatch.setenv("GATEWAYZ_SECRET", server_env["GATEWAYZ_SECRET"])
     for name in ("STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_API_BASE"):
         monkeypatch.delenv(name, raising=False)
+    # AppTest's client address is a MagicMock; Streamlit reports None for localhost.
+    monkeypatch.setattr(ContextProxy, "ip_address", property(lambda self: None))
     st.cache_data.clear()
     st.cache_resource.clear()
     yield
@@ -779,3 +783,54 @@ def test_page_creates_checkout_session(
         [payment] = billing.list_payments(conn, org_id)
     assert payment.amount == Decimal(15)
     assert payment.created_by == "owner"
+
+
+def test_page_switches_signup_and_approves(engine: Engine, page_env: None) -> None:
+    result = sign_up_org(engine)
+    with engine.begin() as conn:
+        signup.set_signup_enabled(conn, Actor("root", "owner"), False)
+    at = run_page()
+    at.selectbox(key="billing_org").set_value(result.organization_id)
+    at.run()
+    assert "after first top-up" in [metric.value for metric in at.metric]
+    at.toggle(key="billing_signup_enabled").set_value(True)
+    at.run()
+    assert not at.exception, at.exception
+    assert "Self-service sign-up is now on." in page_text(at)
+    [approve] = [b for b in at.button if b.label == "Approve live keys for this organization"]
+    approve.click()
+    at.run()
+    assert not at.exception, at.exception
+    assert "This organization may now create live keys." in page_text(at)
+    with engine.connect() as conn:
+        assert signup.get_settings(conn).signup_enabled is True
+        assert signup.live_keys_allowed(conn, result.organization_id) is True
+        actions = conn.execute(select(audit_log.c.actor, audit_log.c.action)).all()
+    assert ("owner", "signup.set_enabled") in actions
+    assert ("owner", "organizations.approve_live_keys") in actions
+
+
+def test_page_billing_role_cannot_switch_signup(engine: Engine, page_env: None) -> None:
+    make_org(engine)
+    at = run_page("bea", "billing")
+    assert not [toggle for toggle in at.toggle if toggle.key == "billing_signup_enabled"]
+
+
+def test_page_previews_every_template(engine: Engine, page_env: None) -> None:
+    at = run_page()
+    for name in emails.TEMPLATES:
+        at.selectbox(key="billing_email_template").set_value(name)
+        at.run()
+        assert not at.exception, at.exception
+        subject, _, _ = emails.render_email(name, **emails.sample_context(name))
+        assert f"**Subject:** {subject}" in page_text(at)
+
+
+def test_page_lists_outbox(engine: Engine, page_env: None) -> None:
+    sign_up_org(engine)
+    at = run_page()
+    frames = [frame.value for frame in at.dataframe]
+    outbox = [frame for frame in frames if "Template" in frame.columns]
+    assert len(outbox) == 1
+    assert outbox[0]["Template"].tolist() == ["welcome"]
+    assert outbox[0]["Status"].tolist() == ["pending"]
