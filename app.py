@@ -1,5 +1,9 @@
 """Gatewayz admin app: sign-in, then the pages the user's role allows.
 
+While self-service sign-up is on, the sign-in page also has a "Create an
+account" tab (signup_form.py). The app server runs one email outbox sender
+when GATEWAYZ_SMTP_HOST is set.
+
 Run with `streamlit run app.py`. DATABASE_URL and GATEWAYZ_SECRET come from
 the environment. Users are the rows of the `users` table, checked against
 their bcrypt hashes by streamlit-authenticator. Failed sign-ins are limited

@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
 # Seconds before the first retry. Each later retry waits twice as long, up
-# to RETRY_MAX, so eight attempts span about an hour and a half.
+# to RETRY_MAX, so the eight attempts span about 64 minutes.
 RETRY_BASE = 30.0
 RETRY_MAX = 3600.0
 # Seconds between two passes of the background sender.
@@ -372,7 +372,7 @@ class OutboxSender:
             try:
                 self.run_once()
             except Exception:
-                # A database outage must not end the thread: the next pass retries.
+                # A database outage must not end the thread, so the next pass retries.
                 logger.exception("email outbox pass failed; retrying in %.0fs", self._interval)
             self._wake.wait(self._interval)
             self._wake.clear()

@@ -29,7 +29,7 @@ EMAIL_ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 @dataclass(frozen=True)
 class SmtpSettings:
-    """Mail server for email alerts, read from GATEWAYZ_SMTP_* variables."""
+    """Mail server for every email the gateway sends, read from GATEWAYZ_SMTP_* variables."""
 
     host: str
     sender: str

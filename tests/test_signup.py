@@ -332,11 +332,13 @@ def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_gate_and_signup_commands(server_env: dict[str, str], engine: Engine) -> None:
     env = {k: v for k, v in server_env.items() if not k.startswith("GATEWAYZ_SMTP")}
+
     enabled = cli(env, "signup", "enable")
     assert enabled.returncode == 0, enabled.stderr
     assert enabled.stdout.strip() == "sign-up enabled"
     with engine.begin() as conn:
         result = signup.sign_up(conn, SECRET, "ada@example.com", PASSWORD, "Analytical")
+
     args = ("keys", "create", "--team", "default", "--org", "Analytical", "--name", "prod")
     rejected = cli(env, *args)
     assert rejected.returncode == 1
@@ -346,12 +348,14 @@ def test_cli_gate_and_signup_commands(server_env: dict[str, str], engine: Engine
     created = cli(env, *args)
     assert created.returncode == 0, created.stderr
     assert created.stdout.strip().splitlines()[-1].startswith("gw_live_")
+
     status = cli(env, "signup", "status")
     assert "sign-up: enabled" in status.stdout
     disabled = cli(env, "signup", "disable")
     assert disabled.returncode == 0, disabled.stderr
     with engine.connect() as conn:
         assert signup.get_settings(conn).signup_enabled is False
+
         actors = conn.execute(
             select(audit_log.c.actor, audit_log.c.action).where(
                 audit_log.c.action.in_(["signup.set_enabled", "organizations.approve_live_keys"])

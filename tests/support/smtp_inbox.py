@@ -16,7 +16,7 @@ from tests.support.fake_openai import free_port
 class Inbox:
     """aiosmtpd handler that parses and keeps accepted messages.
 
-    `reply` replaces the 250 answer to DATA, to test rejections.
+    `reply` replaces the 250 reply to DATA, to test rejections.
     """
 
     def __init__(self) -> None:
