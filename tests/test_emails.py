@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select, update
 
-from gateway_core import email_outbox, emails, keys_admin, ledger, signup, users_admin
+from gateway_core import email_outbox, emails, keys_admin, ledger, signup, user_data, users_admin
 from gateway_core.access import Actor
 from gateway_core.schema import email_outbox as outbox_table
 from tests.conftest import TEST_SECRET
@@ -254,3 +254,15 @@ def test_low_balance_threshold_setting(engine: Engine) -> None:
     [row] = [r for r in outbox_rows(engine) if r.template == "low_balance"]
     assert row.recipient == "ada@example.com"
     assert row.subject == "Analytical has $10.00 of Gatewayz credit left"
+
+
+def test_user_export_and_delete_cover_emails(engine: Engine) -> None:
+    sign_up(engine)
+    queue_welcome(engine, "other@example.com")
+    with engine.connect() as conn:
+        exported = user_data.export_user(conn, "ada@example.com")
+    assert [e["template"] for e in exported["emails"]] == ["welcome"]
+    assert exported["emails"][0]["subject"] == "Welcome to Gatewayz, Analytical"
+    with engine.begin() as conn:
+        user_data.delete_user(conn, "ada@example.com")
+    assert [row.recipient for row in outbox_rows(engine)] == ["other@example.com"]
