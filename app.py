@@ -1,5 +1,9 @@
 """Gatewayz admin app: sign-in, then the pages the user's role allows.
 
+While self-service sign-up is on, the sign-in page also has a "Create an
+account" tab (signup_form.py). The app server runs one email outbox sender
+when GATEWAYZ_SMTP_HOST is set.
+
 Run with `streamlit run app.py`. DATABASE_URL and GATEWAYZ_SECRET come from
 the environment. Users are the rows of the `users` table, checked against
 their bcrypt hashes by streamlit-authenticator. Failed sign-ins are limited
@@ -30,7 +34,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from streamlit_authenticator.utilities import LoginError
 
-from gateway_core import login_attempts
+import signup_form
+from gateway_core import email_outbox, login_attempts, signup
 from gateway_core.access import roles_for
 from gateway_core.config import ConfigError, Settings
 from gateway_core.db import get_engine
@@ -146,6 +151,12 @@ PAGES = (
 @st.cache_resource
 def engine_for(database_url: str) -> Engine:
     return get_engine(database_url)
+
+
+@st.cache_resource
+def email_sender(_engine: Engine) -> email_outbox.OutboxSender | None:
+    """Start this app server's one email sender, or return None without SMTP settings."""
+    return email_outbox.start_sender(_engine)
 
 
 @st.cache_data(ttl=ACCOUNTS_TTL_SECONDS, show_spinner=False)
@@ -277,8 +288,41 @@ def limit_message(limit: login_attempts.Limit) -> str:
     return f"Too many failed sign-ins for {subject}. Try again in {wait_text(limit.retry_after)}."
 
 
-def render_sign_in(authenticator: stauth.Authenticate, limiter: SignInLimiter) -> None:
+def signup_enabled(engine: Engine) -> bool:
+    try:
+        with engine.connect() as conn:
+            return signup.get_settings(conn).signup_enabled
+    except SQLAlchemyError as error:
+        logger.error("reading the sign-up setting from Postgres failed: %s", error)
+        return False
+
+
+def render_signup(engine: Engine, secret: bytes) -> None:
+    result = signup_form.render(engine, secret, st.context.ip_address)
+    if result is None:
+        return
+    # The new owner can sign in at once instead of after ACCOUNTS_TTL_SECONDS.
+    load_accounts.clear()
+    sender = email_sender(engine)
+    if sender is not None:
+        sender.wake()
+
+
+def render_sign_in(
+    authenticator: stauth.Authenticate, limiter: SignInLimiter, secret: bytes
+) -> None:
     st.title("Gatewayz")
+    if not signup_enabled(limiter.engine):
+        render_sign_in_form(authenticator, limiter)
+        return
+    sign_in_tab, signup_tab = st.tabs(["Sign in", "Create an account"])
+    with signup_tab:
+        render_signup(limiter.engine, secret)
+    with sign_in_tab:
+        render_sign_in_form(authenticator, limiter)
+
+
+def render_sign_in_form(authenticator: stauth.Authenticate, limiter: SignInLimiter) -> None:
     try:
         session_limit = limiter.session_limit()
         limiter.install(authenticator)
@@ -380,6 +424,7 @@ def main() -> None:
         )
         return
 
+    email_sender(engine_for(settings.database_url))
     authenticator = stauth.Authenticate(
         credentials_for(accounts),
         COOKIE_NAME,
@@ -399,7 +444,7 @@ def main() -> None:
     sign_out(authenticator)
     session_key = st.session_state.setdefault(SESSION_SIGN_IN_KEY, secrets.token_hex(16))
     limiter = SignInLimiter(engine_for(settings.database_url), session_key, st.context.ip_address)
-    show_only(lambda: render_sign_in(authenticator, limiter), "Sign in", "sign-in")
+    show_only(lambda: render_sign_in(authenticator, limiter, settings.secret), "Sign in", "sign-in")
 
 
 main()

@@ -16,6 +16,7 @@ from gateway_core import (
     audit,
     cli_admin,
     cli_admin_keys,
+    cli_signup,
     directory,
     keys,
     ledger,
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_credits_parser(commands)
     cli_admin.add_parsers(commands)
     cli_admin_keys.add_parsers(commands)
+    cli_signup.add_parsers(commands)
     return parser
 
 
@@ -206,12 +208,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # Actions that only read; every other command is written to the audit log.
-READ_ONLY_ACTIONS = frozenset({"list", "balance", "history", "verify", "export"})
+READ_ONLY_ACTIONS = frozenset({"list", "balance", "history", "verify", "export", "status"})
 
 
 def audit_command(conn: Connection, args: argparse.Namespace) -> None:
     """Record a command that changed something, in the same transaction as the change."""
-    if args.command == "audit" or getattr(args, "action", None) in READ_ONLY_ACTIONS:
+    if args.command in ("audit", *cli_signup.SELF_AUDITED):
+        return
+    if getattr(args, "action", None) in READ_ONLY_ACTIONS:
         return
     details = {
         name: value
@@ -231,12 +235,18 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     engine = get_engine(settings.database_url)
     if args.command == "audit":
         return cli_admin.run_audit(args, engine)
+    if args.command == "emails" and args.action == "send":
+        return cli_signup.send_emails(engine)
     with engine.begin() as conn:
         audit_command(conn, args)
         if args.command == "credits":
             return run_credits_command(args, conn)
         if args.command == "admin-keys":
             return cli_admin_keys.run(args, conn, settings.secret)
+        if args.command == "signup":
+            return cli_signup.run_signup(args, conn)
+        if args.command == "emails":
+            return cli_signup.run_emails(args, conn)
         if args.command == "teams" and args.action == "create":
             team = directory.create_team(conn, args.name, args.org)
             print(f"created team {team.name!r} (id {team.id})")

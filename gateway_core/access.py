@@ -43,6 +43,8 @@ PERMISSIONS: Mapping[str, frozenset[str]] = MappingProxyType(
         "usage.read": ALL_ROLES,
         "reports.read": ALL_ROLES,
         "billing.manage": _FINANCE,
+        # Switching self-service sign-up and approving live keys.
+        "signup.manage": _OWNER_ADMIN,
         # Sends prompts to upstream models, which costs money.
         "compare.run": _OWNER_ADMIN | {"team_admin", "researcher"},
         "templates.edit": _OWNER_ADMIN | {"team_admin", "researcher"},

@@ -6,8 +6,11 @@ period in `budget_alerts_sent` and notifies every alert channel of the
 budget's organization. Only the first claimer sends, so each threshold
 alerts once per period however many workers see the crossing.
 
-Senders retry, log delivery failures and return a success flag instead of
-raising them, so a broken mail server or receiver does not fail the caller.
+Email channels get the `budget_alert` template through the email outbox,
+queued in the claim's transaction, so the email exists exactly when its
+claim commits and is delivered with retries later. Webhooks are sent at
+once with retries. Their failures are logged and returned as a flag
+instead of raised, so a broken receiver does not fail the caller.
 
 A webhook POST carries two headers: `x-gatewayz-timestamp` (Unix seconds)
 and `x-gatewayz-signature: v1=<hex>`, the HMAC-SHA256 under the channel's
@@ -19,19 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import html
 import json
 import logging
-import os
-import re
-import smtplib
-import ssl
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from email.message import EmailMessage
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -39,8 +36,7 @@ import httpx
 from sqlalchemy import Connection, select
 from sqlalchemy.dialects.postgresql import insert
 
-from gateway_core import secret_box
-from gateway_core.config import ConfigError
+from gateway_core import email_outbox, secret_box
 from gateway_core.errors import InvalidRequestError, NotFoundError
 from gateway_core.schema import (
     alert_channels,
@@ -52,6 +48,19 @@ from gateway_core.schema import (
     teams,
 )
 
+# Re-exported: callers and tests use the SMTP helpers through this module.
+from gateway_core.smtp import (  # noqa: F401
+    DEFAULT_ATTEMPTS,
+    DEFAULT_BACKOFF,
+    DEFAULT_TIMEOUT,
+    EMAIL_ADDRESS,
+    SmtpSettings,
+    build_email,
+    deliver,
+    is_permanent_smtp_error,
+    send_email,
+)
+
 logger = logging.getLogger(__name__)
 
 TIMESTAMP_HEADER = "x-gatewayz-timestamp"
@@ -59,54 +68,6 @@ SIGNATURE_HEADER = "x-gatewayz-signature"
 SIGNATURE_VERSION = "v1"
 CHANNEL_KINDS = ("email", "webhook")
 MIN_WEBHOOK_SECRET_LENGTH = 16
-DEFAULT_ATTEMPTS = 3
-# Seconds before the first retry. Each later retry waits twice as long.
-DEFAULT_BACKOFF = 0.5
-DEFAULT_TIMEOUT = 10.0
-_EMAIL_ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-
-
-@dataclass(frozen=True)
-class SmtpSettings:
-    """Mail server for email alerts, read from GATEWAYZ_SMTP_* variables."""
-
-    host: str
-    sender: str
-    port: int = 25
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    starttls: bool = False
-    timeout: float = DEFAULT_TIMEOUT
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> SmtpSettings | None:
-        """Read the settings; return None when GATEWAYZ_SMTP_HOST is unset."""
-        env = os.environ if environ is None else environ
-        host = env.get("GATEWAYZ_SMTP_HOST", "").strip()
-        if not host:
-            return None
-        sender = env.get("GATEWAYZ_SMTP_FROM", "").strip()
-        if not _EMAIL_ADDRESS.match(sender):
-            raise ConfigError(
-                "GATEWAYZ_SMTP_FROM must be the sender's email address when "
-                f"GATEWAYZ_SMTP_HOST is set; got {sender!r}"
-            )
-        port_text = env.get("GATEWAYZ_SMTP_PORT", "25")
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ConfigError(f"GATEWAYZ_SMTP_PORT must be a TCP port number, got {port_text!r}")
-        starttls_text = env.get("GATEWAYZ_SMTP_STARTTLS", "false").strip().lower()
-        if starttls_text not in ("true", "false", "1", "0", "yes", "no"):
-            raise ConfigError(
-                f"GATEWAYZ_SMTP_STARTTLS must be true or false, got {starttls_text!r}"
-            )
-        return cls(
-            host=host,
-            sender=sender,
-            port=int(port_text),
-            username=env.get("GATEWAYZ_SMTP_USERNAME") or None,
-            password=env.get("GATEWAYZ_SMTP_PASSWORD") or None,
-            starttls=starttls_text in ("true", "1", "yes"),
-        )
 
 
 @dataclass(frozen=True)
@@ -163,97 +124,6 @@ def claim_alert(
         .returning(budget_alerts_sent.c.budget_id)
     )
     return conn.execute(statement).first() is not None
-
-
-def _build_email(
-    sender: str, recipient: str, subject: str, text: str, html_body: str | None
-) -> EmailMessage:
-    message = EmailMessage()
-    # EmailMessage raises ValueError for a header with CR or LF in it.
-    message["From"] = sender
-    message["To"] = recipient
-    message["Subject"] = subject
-    message.set_content(text)
-    if html_body is not None:
-        message.add_alternative(html_body, subtype="html")
-    return message
-
-
-def _is_permanent_smtp_error(error: Exception) -> bool:
-    """Tell whether retrying cannot help: a 5xx reply, a missing extension or a TLS error."""
-    if isinstance(error, smtplib.SMTPRecipientsRefused):
-        return all(code >= 500 for code, _ in error.recipients.values())
-    if isinstance(error, smtplib.SMTPResponseException):
-        return error.smtp_code >= 500
-    return isinstance(error, smtplib.SMTPNotSupportedError | ssl.SSLError)
-
-
-def send_email(
-    smtp_host: str,
-    smtp_port: int,
-    sender: str,
-    recipient: str,
-    subject: str,
-    text: str,
-    html: str | None = None,
-    *,
-    username: str | None = None,
-    password: str | None = None,
-    starttls: bool = False,
-    ssl_context: ssl.SSLContext | None = None,
-    timeout: float = DEFAULT_TIMEOUT,
-    attempts: int = DEFAULT_ATTEMPTS,
-    backoff: float = DEFAULT_BACKOFF,
-) -> bool:
-    """Send a plain-text email, with an HTML alternative if given; return success.
-
-    Connection errors and 4xx replies are retried up to `attempts` times in
-    all; 5xx replies are not. Delivery failures and an invalid message (such
-    as a header with a line break) are logged and return False.
-    """
-    try:
-        message = _build_email(sender, recipient, subject, text, html)
-    except ValueError as exc:
-        logger.error("email to %s not sent: invalid message: %s", recipient, exc)
-        return False
-    for attempt in range(1, attempts + 1):
-        try:
-            with smtplib.SMTP(smtp_host, smtp_port, timeout=timeout) as client:
-                if starttls:
-                    client.starttls(context=ssl_context or ssl.create_default_context())
-                if username is not None:
-                    client.login(username, password or "")
-                client.send_message(message)
-        except (smtplib.SMTPException, OSError) as exc:
-            if _is_permanent_smtp_error(exc) or attempt == attempts:
-                logger.error(
-                    "email to %s via %s:%d failed on attempt %d of %d: %s: %s",
-                    recipient,
-                    smtp_host,
-                    smtp_port,
-                    attempt,
-                    attempts,
-                    type(exc).__name__,
-                    exc,
-                )
-                return False
-            delay = backoff * 2 ** (attempt - 1)
-            logger.warning(
-                "email to %s via %s:%d failed on attempt %d of %d, retrying in %.2fs: %s: %s",
-                recipient,
-                smtp_host,
-                smtp_port,
-                attempt,
-                attempts,
-                delay,
-                type(exc).__name__,
-                exc,
-            )
-            time.sleep(delay)
-        else:
-            logger.info("email to %s sent via %s:%d", recipient, smtp_host, smtp_port)
-            return True
-    return False
 
 
 def sign_webhook(secret: str, timestamp: str, body: bytes) -> str:
@@ -377,7 +247,7 @@ def add_channel(
     """
     target = target.strip()
     if kind == "email":
-        if not _EMAIL_ADDRESS.match(target):
+        if not EMAIL_ADDRESS.match(target):
             raise InvalidRequestError(f"invalid email address {target!r}", param="target")
         if secret is not None:
             raise InvalidRequestError("email channels take no secret", param="secret")
@@ -471,35 +341,6 @@ class BudgetAlert:
     def percent(self) -> str:
         return format((self.threshold * 100).normalize(), "f")
 
-    def subject(self) -> str:
-        return (
-            f"Gatewayz budget alert: {self.scope_type} {self.scope_name!r} reached "
-            f"{self.percent()}% of its {self.period} budget"
-        )
-
-    def text(self) -> str:
-        return (
-            f"{self.scope_type.capitalize()} {self.scope_name!r} (id {self.scope_id}) has spent "
-            f"${self.spent_usd} of its {self.period} budget of ${self.limit_usd}, "
-            f"crossing the {self.percent()}% alert threshold.\n\n"
-            f"Budget id: {self.budget_id}\n"
-            f"Period start: {self.period_start.isoformat()}\n"
-        )
-
-    def html(self) -> str:
-        rows = [
-            ("Scope", f"{self.scope_type} {self.scope_name} (id {self.scope_id})"),
-            ("Budget", f"${self.limit_usd} {self.period} (id {self.budget_id})"),
-            ("Spent", f"${self.spent_usd}"),
-            ("Threshold", f"{self.percent()}%"),
-            ("Period start", self.period_start.isoformat()),
-        ]
-        cells = "".join(
-            f'<tr><th align="left">{html.escape(name)}</th><td>{html.escape(value)}</td></tr>'
-            for name, value in rows
-        )
-        return f"<p>{html.escape(self.subject())}</p><table>{cells}</table>"
-
     def payload(self) -> dict[str, Any]:
         return {
             "type": "budget.threshold_crossed",
@@ -524,7 +365,6 @@ def notify_budget(
     period_start: datetime,
     spent_before: Decimal,
     spent_after: Decimal,
-    smtp: SmtpSettings | None,
     client: httpx.Client | None = None,
     attempts: int = DEFAULT_ATTEMPTS,
     backoff: float = DEFAULT_BACKOFF,
@@ -532,9 +372,8 @@ def notify_budget(
     """Claim and send an alert for each threshold that this spend crossed.
 
     Returns the thresholds this call claimed. A threshold that another
-    worker already claimed this period is skipped. Sending happens inside
-    the caller's transaction, so call this off the request path. Email
-    channels are skipped when `smtp` is None.
+    worker already claimed this period is skipped. Webhooks are sent
+    inside the caller's transaction, so call this off the request path.
     """
     budget = conn.execute(
         select(
@@ -562,6 +401,9 @@ def notify_budget(
         )
         return []
     organization_id, scope_name = owner
+    organization_name = conn.execute(
+        select(organizations.c.name).where(organizations.c.id == organization_id)
+    ).scalar_one()
     channels = list_channels(conn, organization_id)
     claimed = []
     for threshold in crossed:
@@ -581,7 +423,9 @@ def notify_budget(
             threshold=threshold,
         )
         delivered = sum(
-            _send_to_channel(channel, alert, settings_secret, smtp, client, attempts, backoff)
+            _queue_email(conn, channel, alert, organization_name)
+            if channel.kind == "email"
+            else _send_webhook(channel, alert, settings_secret, client, attempts, backoff)
             for channel in channels
         )
         if delivered == 0:
@@ -597,37 +441,36 @@ def notify_budget(
     return claimed
 
 
-def _send_to_channel(
+def _queue_email(
+    conn: Connection, channel: AlertChannel, alert: BudgetAlert, organization: str
+) -> bool:
+    dedupe_key = (
+        f"budget_alert:{alert.budget_id}:{alert.period_start.isoformat()}:"
+        f"{alert.percent()}:{channel.id}"
+    )
+    email_outbox.enqueue(
+        conn,
+        channel.target,
+        "budget_alert",
+        dedupe_key=dedupe_key,
+        organization=organization,
+        scope=f"{alert.scope_type} {alert.scope_name}",
+        period=alert.period,
+        spent=alert.spent_usd,
+        limit=alert.limit_usd,
+        percent=Decimal(alert.percent()),
+    )
+    return True
+
+
+def _send_webhook(
     channel: AlertChannel,
     alert: BudgetAlert,
     settings_secret: bytes,
-    smtp: SmtpSettings | None,
     client: httpx.Client | None,
     attempts: int,
     backoff: float,
 ) -> bool:
-    if channel.kind == "email":
-        if smtp is None:
-            logger.warning(
-                "alert channel %d skipped: email is not configured (GATEWAYZ_SMTP_HOST)",
-                channel.id,
-            )
-            return False
-        return send_email(
-            smtp.host,
-            smtp.port,
-            smtp.sender,
-            channel.target,
-            alert.subject(),
-            alert.text(),
-            alert.html(),
-            username=smtp.username,
-            password=smtp.password,
-            starttls=smtp.starttls,
-            timeout=smtp.timeout,
-            attempts=attempts,
-            backoff=backoff,
-        )
     if channel.secret_encrypted is None:
         logger.error("alert channel %d skipped: webhook has no signing secret", channel.id)
         return False

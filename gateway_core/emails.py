@@ -5,25 +5,20 @@ Each email in `templates/email/` is a pair of files: `NAME.txt` defines a
 `base.html` and defines the HTML `body`. Missing context variables raise
 `jinja2.UndefinedError` instead of rendering as empty text.
 
-`EmailOutbox.send` renders at once and hands delivery to a background
-thread, so a slow or failing mail server does not block the caller. Delivery
-is retried and failures are logged by `gateway_core.alerts.send_email`.
+`gateway_core.email_outbox` queues rendered emails in Postgres and
+delivers them in the background with retries.
 """
 
 from __future__ import annotations
 
-import logging
-from concurrent.futures import Future, ThreadPoolExecutor
+import os
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
 import jinja2
-
-from gateway_core import alerts
-
-logger = logging.getLogger(__name__)
 
 TEMPLATE_DIR = Path(__file__).parent / "templates" / "email"
 TEMPLATES = (
@@ -34,8 +29,8 @@ TEMPLATES = (
     "low_balance",
     "budget_alert",
 )
-# Background threads that deliver email. Each send uses one until its retries end.
-OUTBOX_WORKERS = 2
+# The app's address when GATEWAYZ_APP_URL is unset, as in gateway_core.billing.
+DEFAULT_APP_URL = "http://127.0.0.1:8501"
 
 
 def format_usd(amount: Decimal | int) -> str:
@@ -83,8 +78,7 @@ def sample_context(name: str) -> dict[str, Any]:
         "invitation": {
             "inviter": "Ada Lovelace",
             "role": "researcher",
-            "accept_url": "https://gateway.example.com/invite/EXAMPLE",
-            "expires_at": "2026-12-31",
+            "username": "grace",
         },
         "welcome": {"username": "ada@example.com", "trial_credit": Decimal(10), "trial_days": 14},
         "key_created": {
@@ -119,48 +113,10 @@ def sample_context(name: str) -> dict[str, Any]:
     return {**common, **samples[name]}
 
 
-class EmailOutbox:
-    """Deliver rendered emails in background threads through one SMTP server."""
-
-    def __init__(self, smtp: alerts.SmtpSettings | None, workers: int = OUTBOX_WORKERS) -> None:
-        self._smtp = smtp
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="email")
-
-    @property
-    def configured(self) -> bool:
-        return self._smtp is not None
-
-    def send(self, recipient: str, name: str, **context: Any) -> Future[bool]:
-        """Render `name` now and queue it for `recipient`; the future is True when delivered.
-
-        Rendering errors raise here, because they are bugs. Delivery errors
-        are retried and logged in the background, and the future returns False.
-        """
-        subject, text, html = render_email(name, **context)
-        if self._smtp is None:
-            logger.info("%s email to %s not sent: GATEWAYZ_SMTP_HOST is not set", name, recipient)
-            skipped: Future[bool] = Future()
-            skipped.set_result(False)
-            return skipped
-        smtp = self._smtp
-        logger.info("queued %s email to %s", name, recipient)
-        return self._executor.submit(
-            alerts.send_email,
-            smtp.host,
-            smtp.port,
-            smtp.sender,
-            recipient,
-            subject,
-            text,
-            html,
-            username=smtp.username,
-            password=smtp.password,
-            starttls=smtp.starttls,
-            timeout=smtp.timeout,
-        )
-
-    def close(self, wait: bool = True) -> None:
-        self._executor.shutdown(wait=wait)
+def app_url(environ: Mapping[str, str] | None = None) -> str:
+    """Return the app's public address for links in emails, from GATEWAYZ_APP_URL."""
+    env = os.environ if environ is None else environ
+    return env.get("GATEWAYZ_APP_URL", DEFAULT_APP_URL).strip().rstrip("/") or DEFAULT_APP_URL
 
 
 def format_timestamp(moment: datetime) -> str:

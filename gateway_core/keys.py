@@ -4,6 +4,9 @@ A key is `gw_live_` or `gw_test_` followed by 43 URL-safe characters
 (32 random bytes). Postgres stores only HMAC-SHA256(secret, key), a display
 prefix and the last four characters; the key itself exists only in the
 response that created it.
+
+`create_key` rejects a live key for an organization that `live_keys` does
+not allow yet, and queues a key-created email in the caller's transaction.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, text, update
 
+from gateway_core import live_keys, notifications
 from gateway_core.errors import InvalidRequestError, NotFoundError
 from gateway_core.schema import api_keys, projects, teams
 
@@ -77,8 +81,15 @@ def create_key(
     mode: str = "live",
     created_by: str | None = None,
     project_id: int | None = None,
+    notify: bool = True,
 ) -> IssuedKey:
-    """Insert a new key for a team (and optionally one of its projects) and return it."""
+    """Insert a new key for a team (and optionally one of its projects) and return it.
+
+    Raises PermissionDeniedError for a live key of an organization that may
+    not create live keys yet. With `notify`, queues a key-created email.
+    """
+    if mode == "live":
+        live_keys.check_team(conn, team_id)
     if project_id is not None:
         owner = conn.execute(
             select(projects.c.team_id).where(projects.c.id == project_id)
@@ -102,6 +113,17 @@ def create_key(
         )
         .returning(api_keys.c.id)
     ).scalar_one()
+    if notify:
+        notifications.key_created(
+            conn,
+            key_id=key_id,
+            team_id=team_id,
+            key_name=name,
+            mode=mode,
+            key_prefix=prefix,
+            key_last4=last4,
+            created_by=created_by,
+        )
     return IssuedKey(key_id, team_id, name, mode, prefix, last4, plain)
 
 

@@ -610,12 +610,58 @@ self_service_settings = Table(
     Column("trial_days", Integer, nullable=False, server_default="14"),
     # Credit given to both organizations after the referred one's first paid top-up.
     Column("referral_credit", Money, nullable=False, server_default="10"),
+    # An organization whose balance falls below this gets one low-balance email.
+    Column("low_balance_threshold", Money, nullable=False, server_default="5"),
     Column("updated_by", String(100)),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("id = 1", name="ck_self_service_settings_single_row"),
     CheckConstraint("trial_credit >= 0", name="ck_self_service_settings_trial_credit"),
     CheckConstraint("trial_days > 0", name="ck_self_service_settings_trial_days"),
     CheckConstraint("referral_credit >= 0", name="ck_self_service_settings_referral_credit"),
+    CheckConstraint("low_balance_threshold >= 0", name="ck_self_service_settings_low_balance"),
+)
+
+# Transactional emails, rendered when their event commits and delivered by
+# gateway_core.email_outbox with retries.
+email_outbox = Table(
+    "email_outbox",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("recipient", String(320), nullable=False),
+    Column("template", String(40), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("text_body", Text, nullable=False),
+    Column("html_body", Text, nullable=False),
+    # Names the event an email belongs to, so a repeated event queues it once.
+    Column("dedupe_key", String(200), unique=True),
+    Column("status", String(16), nullable=False, server_default="pending"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("sent_at", DateTime(timezone=True)),
+    CheckConstraint("status IN ('pending', 'sent', 'failed')", name="ck_email_outbox_status"),
+)
+
+Index(
+    "ix_email_outbox_due",
+    email_outbox.c.next_attempt_at,
+    postgresql_where=email_outbox.c.status == "pending",
+)
+
+# A row means the organization was sent a low-balance email and its balance
+# has stayed below the threshold since. The row is deleted when the balance
+# rises to the threshold again, so the next fall sends one more email.
+low_balance_notices = Table(
+    "low_balance_notices",
+    metadata,
+    Column(
+        "organization_id",
+        BigInteger,
+        ForeignKey("organizations.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("notified_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 
 audit_log = Table(

@@ -8,22 +8,40 @@ which `billing_accounts.live_keys_allowed` records. Organizations created
 by an operator have no `billing_accounts` row and may create live keys.
 
 Admins switch sign-up on and off in `self_service_settings`. It is off in a
-new installation.
+new installation, because a signed-up owner has the app-wide `owner` role
+(see the NOTE in `sign_up`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from decimal import Decimal
 
 from sqlalchemy import Connection, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from gateway_core import directory, keys, ledger, promotions
-from gateway_core.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from gateway_core import (
+    access,
+    audit,
+    directory,
+    email_outbox,
+    keys,
+    ledger,
+    live_keys,
+    promotions,
+)
+from gateway_core.access import Actor
+from gateway_core.errors import (
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+)
 from gateway_core.schema import (
+    audit_log,
     billing_accounts,
     organization_members,
     organizations,
@@ -35,6 +53,15 @@ from gateway_core.schema import (
 logger = logging.getLogger(__name__)
 
 MIN_PASSWORD_LENGTH = 12
+# A password needs this many different characters, which rejects "aaaaaaaaaaaa"
+# and "abababababab".
+MIN_DISTINCT_CHARACTERS = 6
+# Sign-ups accepted per client address, and in the whole installation, in
+# SIGNUP_WINDOW. The installation-wide cap also bounds a client that hides
+# behind many addresses or a reverse proxy.
+MAX_SIGNUPS_PER_ADDRESS = 5
+MAX_SIGNUPS_PER_WINDOW = 100
+SIGNUP_WINDOW = timedelta(hours=1)
 MAX_ORGANIZATION_NAME = 200
 # The email is also the username, and users.username has room for 100 characters.
 MAX_EMAIL_LENGTH = 100
@@ -50,6 +77,8 @@ class SelfServiceSettings:
     trial_days: int = 14
     # Given to both organizations after the referred one's first paid top-up.
     referral_credit: Decimal = Decimal(10)
+    # An organization whose balance falls below this gets one low-balance email.
+    low_balance_threshold: Decimal = email_outbox.DEFAULT_LOW_BALANCE_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -71,6 +100,7 @@ def get_settings(conn: Connection) -> SelfServiceSettings:
             self_service_settings.c.trial_credit,
             self_service_settings.c.trial_days,
             self_service_settings.c.referral_credit,
+            self_service_settings.c.low_balance_threshold,
         ).where(self_service_settings.c.id == 1)
     ).first()
     return SelfServiceSettings() if row is None else SelfServiceSettings(*row)
@@ -78,7 +108,7 @@ def get_settings(conn: Connection) -> SelfServiceSettings:
 
 def save_settings(conn: Connection, new: SelfServiceSettings, actor: str) -> None:
     """Check and store the sign-up settings."""
-    for name in ("trial_credit", "referral_credit"):
+    for name in ("trial_credit", "referral_credit", "low_balance_threshold"):
         value = getattr(new, name)
         if not isinstance(value, Decimal) or not value.is_finite() or value < 0:
             raise InvalidRequestError(f"{name} must be a Decimal of 0 or more", param=name)
@@ -94,6 +124,7 @@ def save_settings(conn: Connection, new: SelfServiceSettings, actor: str) -> Non
         "trial_credit": new.trial_credit,
         "trial_days": days,
         "referral_credit": new.referral_credit,
+        "low_balance_threshold": new.low_balance_threshold,
         "updated_by": actor,
         "updated_at": func.now(),
     }
@@ -113,12 +144,52 @@ def _check_signup_input(email: str, password: str, org_name: str) -> tuple[str, 
         raise InvalidRequestError(
             f"password must be at least {MIN_PASSWORD_LENGTH} characters long", param="password"
         )
+    if len(set(password)) < MIN_DISTINCT_CHARACTERS:
+        raise InvalidRequestError(
+            f"password is too easy to guess: use at least {MIN_DISTINCT_CHARACTERS} "
+            "different characters",
+            param="password",
+        )
+    local_part = email.split("@", 1)[0]
+    if len(local_part) >= 3 and local_part in password.lower():
+        raise InvalidRequestError(
+            "password is too easy to guess: it must not contain your email address",
+            param="password",
+        )
     org_name = org_name.strip()
     if not org_name or len(org_name) > MAX_ORGANIZATION_NAME:
         raise InvalidRequestError(
             f"organization name must be 1 to {MAX_ORGANIZATION_NAME} characters", param="org_name"
         )
     return email, org_name
+
+
+def check_signup_rate(conn: Connection, client_address: str | None) -> None:
+    """Raise RateLimitError when too many sign-ups came from this address or in total.
+
+    Counts the `signup.create` audit entries of the last SIGNUP_WINDOW.
+    """
+    recent = select(func.count()).where(
+        audit_log.c.action == "signup.create",
+        audit_log.c.created_at > func.now() - SIGNUP_WINDOW,
+    )
+    minutes = int(SIGNUP_WINDOW.total_seconds() // 60)
+    if conn.execute(recent).scalar_one() >= MAX_SIGNUPS_PER_WINDOW:
+        logger.warning("sign-up rejected: %d sign-ups in the window", MAX_SIGNUPS_PER_WINDOW)
+        raise RateLimitError(
+            f"too many new accounts in the last {minutes} minutes; try again later",
+            code="too_many_signups",
+        )
+    if client_address is None:
+        return
+    from_address = recent.where(audit_log.c.client_address == client_address)
+    if conn.execute(from_address).scalar_one() >= MAX_SIGNUPS_PER_ADDRESS:
+        logger.warning("sign-up rejected: too many from %s", client_address)
+        raise RateLimitError(
+            f"too many new accounts from your address in the last {minutes} minutes; "
+            "try again later",
+            code="too_many_signups",
+        )
 
 
 def sign_up(
@@ -128,14 +199,17 @@ def sign_up(
     password: str,
     org_name: str,
     referral_code: str | None = None,
+    client_address: str | None = None,
 ) -> SignupResult:
     """Create an organization, its owner, trial credit, a team and a test key.
 
     Everything is written in the caller's transaction, so a failure leaves
-    nothing behind. The email is the owner's username. Raises
-    PermissionDeniedError when sign-up is switched off and
-    InvalidRequestError for invalid input, a taken email or organization
-    name, or an unknown referral code.
+    nothing behind. The email is the owner's username. The sign-up is
+    audited as `signup.create` with `client_address`, and a welcome email is
+    queued. Raises PermissionDeniedError when sign-up is switched off,
+    RateLimitError after too many sign-ups (see `check_signup_rate`), and
+    InvalidRequestError for invalid input, a weak password, a taken email
+    or organization name, or an unknown referral code.
     """
     current = get_settings(conn)
     if not current.signup_enabled:
@@ -144,6 +218,7 @@ def sign_up(
             code="signup_disabled",
         )
     email, org_name = _check_signup_input(email, password, org_name)
+    check_signup_rate(conn, client_address)
     referrer_id = promotions.referrer_of(conn, referral_code) if referral_code else None
     _check_names_free(conn, email, org_name)
 
@@ -176,8 +251,39 @@ def sign_up(
         .values(organization_id=organization_id, name=DEFAULT_TEAM)
         .returning(teams.c.id)
     ).scalar_one()
+    # The welcome email describes the test key, so no key-created email is sent.
     test_key = keys.create_key(
-        conn, settings_secret, team_id=team_id, name=DEFAULT_TEST_KEY, mode="test", created_by=email
+        conn,
+        settings_secret,
+        team_id=team_id,
+        name=DEFAULT_TEST_KEY,
+        mode="test",
+        created_by=email,
+        notify=False,
+    )
+    audit.record(
+        conn,
+        actor=email,
+        action="signup.create",
+        object_type="organization",
+        object_id=organization_id,
+        after={
+            "organization": org_name,
+            "owner": email,
+            "trial_credit": current.trial_credit,
+            "test_key": f"{test_key.prefix}...{test_key.last4}",
+        },
+        client_address=client_address,
+    )
+    email_outbox.enqueue(
+        conn,
+        email,
+        "welcome",
+        dedupe_key=f"welcome:{user_id}",
+        organization=org_name,
+        username=email,
+        trial_credit=current.trial_credit,
+        trial_days=current.trial_days,
     )
     logger.info(
         "sign-up created organization %d with owner user %d, team %d and test key %d",
@@ -229,43 +335,47 @@ def organization_of_username(conn: Connection, username: str) -> int | None:
 
 def live_keys_allowed(conn: Connection, organization_id: int) -> bool:
     """Tell whether the organization may create live keys."""
-    allowed = conn.execute(
-        select(billing_accounts.c.live_keys_allowed).where(
-            billing_accounts.c.organization_id == organization_id
-        )
-    ).scalar_one_or_none()
-    return True if allowed is None else allowed
+    return live_keys.organization_allowed(conn, organization_id)
 
 
 def check_live_key_allowed(conn: Connection, team_id: int) -> None:
     """Raise PermissionDeniedError if the team's organization may not create live keys."""
-    organization_id = conn.execute(
-        select(teams.c.organization_id).where(teams.c.id == team_id)
-    ).scalar_one_or_none()
-    if organization_id is None:
-        raise NotFoundError(f"team {team_id} not found")
-    if not live_keys_allowed(conn, organization_id):
-        raise PermissionDeniedError(
-            "live keys are available after the organization's first paid top-up or an "
-            "administrator's approval; use a gw_test_ key until then",
-            code="live_keys_not_allowed",
-        )
+    live_keys.check_team(conn, team_id)
 
 
-def approve_live_keys(conn: Connection, organization_id: int, actor: str) -> None:
-    """Let an organization create live keys before its first paid top-up."""
+def approve_live_keys(conn: Connection, actor: Actor, organization_id: int) -> bool:
+    """Let an organization create live keys before its first paid top-up; audited.
+
+    Returns False, writing nothing, when live keys were already allowed.
+    """
+    access.require(actor.role, "signup.manage")
     if not ledger.account_exists(conn, "organization", organization_id):
         raise NotFoundError(f"organization {organization_id} not found")
+    if live_keys_allowed(conn, organization_id):
+        return False
     statement = pg_insert(billing_accounts).values(
-        organization_id=organization_id, live_keys_allowed=True, live_keys_approved_by=actor
+        organization_id=organization_id,
+        live_keys_allowed=True,
+        live_keys_approved_by=actor.username,
     )
     conn.execute(
         statement.on_conflict_do_update(
             index_elements=["organization_id"],
-            set_={"live_keys_allowed": True, "live_keys_approved_by": actor},
+            set_={"live_keys_allowed": True, "live_keys_approved_by": actor.username},
         )
     )
-    logger.info("user %s approved live keys for organization %d", actor, organization_id)
+    audit.record(
+        conn,
+        actor=actor.username,
+        action="organizations.approve_live_keys",
+        object_type="organization",
+        object_id=organization_id,
+        before={"live_keys_allowed": False},
+        after={"live_keys_allowed": True},
+        client_address=actor.client_address,
+    )
+    logger.info("user %s approved live keys for organization %d", actor.username, organization_id)
+    return True
 
 
 def allow_live_keys_after_payment(conn: Connection, organization_id: int) -> bool:
@@ -289,13 +399,24 @@ def allow_live_keys_after_payment(conn: Connection, organization_id: int) -> boo
     return first
 
 
-def set_signup_enabled(conn: Connection, enabled: bool, actor: str) -> None:
-    """Switch self-service sign-up on or off, keeping the other settings."""
+def set_signup_enabled(conn: Connection, actor: Actor, enabled: bool) -> bool:
+    """Switch self-service sign-up on or off, keeping the other settings; audited.
+
+    Returns False, writing nothing, when sign-up is already in that state.
+    """
+    access.require(actor.role, "signup.manage")
     current = get_settings(conn)
-    save_settings(
+    if current.signup_enabled == enabled:
+        return False
+    save_settings(conn, replace(current, signup_enabled=enabled), actor.username)
+    audit.record(
         conn,
-        SelfServiceSettings(
-            enabled, current.trial_credit, current.trial_days, current.referral_credit
-        ),
-        actor,
+        actor=actor.username,
+        action="signup.set_enabled",
+        object_type="self_service_settings",
+        object_id=1,
+        before={"signup_enabled": current.signup_enabled},
+        after={"signup_enabled": enabled},
+        client_address=actor.client_address,
     )
+    return True

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from gateway_core import audit
+from gateway_core import audit, notifications
 from gateway_core.access import TEAM_ROLES, Actor, require
 from gateway_core.directory import ROLES, hash_password
 from gateway_core.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
@@ -177,6 +177,9 @@ def invite_user(
         insert(users).values(password_hash=hash_password(password), **account).returning(users.c.id)
     ).scalar_one()
     _record(conn, actor, "users.invite", user_id, None, account)
+    notifications.invitation(
+        conn, user_id=user_id, username=username, email=email, role=role, inviter=actor.username
+    )
     return password
 
 

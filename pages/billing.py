@@ -2,7 +2,8 @@
 
 app.py registers this page for owners, admins and billing users. Users who
 signed up themselves see only their own organization. Operator accounts
-pick an organization and also get the sign-up and live-key settings.
+pick an organization and also get the sign-up and live-key settings and
+the email outbox.
 Without STRIPE_API_KEY the page explains how to configure Stripe and still
 shows balances, coupons and email previews.
 """
@@ -17,7 +18,7 @@ import streamlit as st
 import stripe
 from sqlalchemy import Engine, select
 
-from gateway_core import access, billing, emails, ledger, promotions, signup
+from gateway_core import access, billing, email_outbox, emails, ledger, promotions, signup
 from gateway_core.billing import Billing
 from gateway_core.config import ConfigError, Settings
 from gateway_core.db import get_engine
@@ -264,23 +265,58 @@ def render_email_previews() -> None:
         st.html(html)
 
 
-def render_admin(engine: Engine, org_id: int, username: str) -> None:
+def render_outbox(engine: Engine) -> None:
+    with engine.connect() as conn:
+        queued = email_outbox.list_emails(conn, limit=50)
+    with st.expander("Email outbox"):
+        if not queued:
+            st.caption("No emails queued yet.")
+            return
+        st.caption(
+            "Emails are delivered in the background through GATEWAYZ_SMTP_HOST. Failed "
+            "sends are retried with backoff; `python -m gateway_core emails retry ID` "
+            "queues a failed one again."
+        )
+        frame = pd.DataFrame(
+            {
+                "Id": [e.id for e in queued],
+                "Queued": [e.created_at for e in queued],
+                "Template": [e.template for e in queued],
+                "Recipient": [e.recipient for e in queued],
+                "Status": [e.status for e in queued],
+                "Attempts": [e.attempts for e in queued],
+                "Last error": [e.last_error for e in queued],
+            }
+        )
+        st.dataframe(frame, hide_index=True)
+
+
+def render_admin(engine: Engine, org_id: int, actor: access.Actor) -> None:
     st.subheader("Self-service settings")
     with engine.connect() as conn:
         current = signup.get_settings(conn)
         live = signup.live_keys_allowed(conn, org_id)
     enabled = st.toggle(
-        "Self-service sign-up", value=current.signup_enabled, key="billing_signup_enabled"
+        "Self-service sign-up",
+        value=current.signup_enabled,
+        key="billing_signup_enabled",
+        help="Shows a Create an account form on the sign-in page.",
     )
     if enabled != current.signup_enabled:
-        access.require(current_role(), "users.manage")
-        with engine.begin() as conn:
-            signup.set_signup_enabled(conn, enabled, username)
+        try:
+            with engine.begin() as conn:
+                signup.set_signup_enabled(conn, actor, enabled)
+        except GatewayError as error:
+            st.error(error.message)
+            return
         st.success(f"Self-service sign-up is now {'on' if enabled else 'off'}.")
     if not live and st.button("Approve live keys for this organization", key="billing_approve"):
-        access.require(current_role(), "users.manage")
-        with engine.begin() as conn:
-            signup.approve_live_keys(conn, org_id, username)
+        try:
+            with engine.begin() as conn:
+                signup.approve_live_keys(conn, actor, org_id)
+        except GatewayError as error:
+            st.error(error.message)
+            return
         st.success("This organization may now create live keys.")
 
 
@@ -305,5 +341,7 @@ if org_id is not None:
     with engine.connect() as conn:
         is_operator = signup.organization_of_username(conn, user["username"]) is None
     if is_operator and user["role"] in ADMIN_ROLES:
-        render_admin(engine, org_id, user["username"])
+        actor = access.Actor(user["username"], user["role"], st.context.ip_address)
+        render_admin(engine, org_id, actor)
+        render_outbox(engine)
 render_email_previews()

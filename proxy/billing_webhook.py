@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import stripe
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway_core import alerts, emails
+from gateway_core import notifications
 from gateway_core.billing import Billing, EventOutcome
 from gateway_core.config import ConfigError, Settings
 from gateway_core.db import get_engine
@@ -41,25 +41,22 @@ MAX_EVENT_BYTES = 1 << 20
 class _WebhookState:
     billing: Billing | None
     engine: Engine
-    outbox: emails.EmailOutbox
-    # Set when STRIPE_* or GATEWAYZ_SMTP_* variables are invalid.
+    # Set when STRIPE_* variables are invalid.
     config_error: str | None = None
 
 
 def _state(request: Request) -> _WebhookState:
-    """Return the endpoint's Stripe client, engine and outbox, built on first use."""
+    """Return the endpoint's Stripe client and engine, built on first use."""
     state = getattr(request.app.state, "billing_webhook", None)
     if state is not None:
         return state
     settings: Settings = request.app.state.gateway.settings
     engine = get_engine(settings.database_url)
     try:
-        state = _WebhookState(
-            Billing.from_env(), engine, emails.EmailOutbox(alerts.SmtpSettings.from_env())
-        )
+        state = _WebhookState(Billing.from_env(), engine)
     except ConfigError as exc:
         logger.error("Stripe webhooks are rejected until the configuration is fixed: %s", exc)
-        state = _WebhookState(None, engine, emails.EmailOutbox(None), config_error=str(exc))
+        state = _WebhookState(None, engine, config_error=str(exc))
     request.app.state.billing_webhook = state
     return state
 
@@ -87,7 +84,30 @@ async def _read_body(request: Request) -> bytes:
 def _apply(state: _WebhookState, event: dict[str, Any]) -> EventOutcome:
     assert state.billing is not None
     with state.engine.begin() as conn:
-        return state.billing.handle_event(conn, event)
+        outcome = state.billing.handle_event(conn, event)
+        if outcome.receipt is not None and outcome.receipt.email:
+            _queue_receipt(conn, outcome)
+        return outcome
+
+
+def _queue_receipt(conn: Connection, outcome: EventOutcome) -> None:
+    """Queue the receipt with the credit, in a savepoint of the event's transaction."""
+    receipt = outcome.receipt
+    assert receipt is not None and receipt.email
+    try:
+        with conn.begin_nested():
+            notifications.payment_receipt(
+                conn,
+                email=receipt.email,
+                organization=receipt.organization,
+                amount=receipt.amount,
+                reference=receipt.reference,
+                paid_at=receipt.paid_at,
+                balance=receipt.balance,
+            )
+    except Exception:
+        # A broken template must not roll back the credit and make Stripe retry.
+        logger.exception("payment receipt for event %s was not queued", outcome.event_id)
 
 
 async def stripe_webhook(request: Request) -> Response:
@@ -132,27 +152,10 @@ async def stripe_webhook(request: Request) -> Response:
             "processing the event failed; Stripe will retry it", code="event_failed"
         )
         return error_response(error, request_id)
-    if outcome.receipt is not None and outcome.receipt.email:
-        _send_receipt(state.outbox, outcome)
+    sender = request.app.state.gateway.email_sender
+    if outcome.receipt is not None and sender is not None:
+        sender.wake()
     return JSONResponse(
         {"received": True, "id": outcome.event_id, "status": outcome.status},
         headers={"x-request-id": request_id},
     )
-
-
-def _send_receipt(outbox: emails.EmailOutbox, outcome: EventOutcome) -> None:
-    receipt = outcome.receipt
-    assert receipt is not None and receipt.email
-    try:
-        outbox.send(
-            receipt.email,
-            "payment_receipt",
-            organization=receipt.organization,
-            amount=receipt.amount,
-            reference=receipt.reference,
-            paid_at=emails.format_timestamp(receipt.paid_at),
-            balance=receipt.balance,
-        )
-    except Exception:
-        # The credit is committed, so a broken template must not turn into a retry.
-        logger.exception("payment receipt for event %s was not queued", outcome.event_id)

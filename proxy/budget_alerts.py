@@ -2,9 +2,9 @@
 
 The recorder reports each budget's settled spend before and after a batch.
 A crossing of one of the budget's thresholds (checked in memory first) is
-handed to a worker thread that claims the alert in Postgres and sends it
-by SMTP and signed webhook, so each threshold alerts once per period even
-with many proxy workers.
+handed to a worker thread that claims the alert in Postgres, queues its
+emails in the outbox and sends its signed webhooks, so each threshold
+alerts once per period even with many proxy workers.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import logging
 from gateway_core import alerts
 from gateway_core.config import Settings
 from gateway_core.db import get_engine
+from gateway_core.email_outbox import OutboxSender
 from proxy.recorder import BudgetCrossing
 from proxy.spend import SpendGuard
 
@@ -22,10 +23,12 @@ logger = logging.getLogger("gatewayz.alerts")
 
 
 class BudgetAlerter:
-    def __init__(self, settings: Settings, spend: SpendGuard) -> None:
+    def __init__(
+        self, settings: Settings, spend: SpendGuard, email_sender: OutboxSender | None
+    ) -> None:
         self._settings = settings
         self._spend = spend
-        self._smtp = alerts.SmtpSettings.from_env()
+        self._email_sender = email_sender
         self._tasks: set[asyncio.Future[None]] = set()
 
     def on_budget_spend(self, crossings: list[BudgetCrossing]) -> None:
@@ -54,10 +57,11 @@ class BudgetAlerter:
                         period_start=crossing.period_start,
                         spent_before=crossing.spent_before,
                         spent_after=crossing.spent_after,
-                        smtp=self._smtp,
                     )
                 if sent:
                     logger.info("budget %d alerts sent for %s", crossing.budget_id, sent)
+                    if self._email_sender is not None:
+                        self._email_sender.wake()
             except Exception:
                 logger.exception("budget %d alert failed", crossing.budget_id)
 

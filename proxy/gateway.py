@@ -12,9 +12,11 @@ from typing import Any
 import aiohttp
 from psycopg_pool import AsyncConnectionPool
 
-from gateway_core import secret_box
+from gateway_core import email_outbox, secret_box
 from gateway_core.catalog import Catalog, ModelEntry, load_catalog
 from gateway_core.config import Settings, libpq_url
+from gateway_core.db import get_engine
+from gateway_core.email_outbox import OutboxSender
 from gateway_core.pricing import TokenUsage, compute_cost
 from proxy.admission import max_cost
 from proxy.auth import KeyVerifier
@@ -50,6 +52,8 @@ class Gateway:
     rate_limit_config: RateLimitConfigCache
     alerter: BudgetAlerter
     privacy: PrivacyCache
+    # Delivers queued emails; None when GATEWAYZ_SMTP_HOST is unset.
+    email_sender: OutboxSender | None = None
     # Release calls still running, kept so they are not garbage-collected.
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -83,7 +87,10 @@ class Gateway:
             refresh_interval=settings.provider_refresh_interval,
         )
         await spend.start()
-        alerter = BudgetAlerter(settings, spend)
+        email_sender = await asyncio.to_thread(
+            email_outbox.start_sender, get_engine(settings.database_url)
+        )
+        alerter = BudgetAlerter(settings, spend, email_sender)
         recorder = UsageRecorder(
             pool,
             spend=spend,
@@ -118,6 +125,7 @@ class Gateway:
             rate_limit_config,
             alerter,
             PrivacyCache(pool, refresh_interval=settings.provider_refresh_interval),
+            email_sender,
         )
 
     async def readiness(self) -> dict[str, str]:
@@ -144,6 +152,8 @@ class Gateway:
         await self.limiter.close()
         await self.recorder.close()
         await self.alerter.close()
+        if self.email_sender is not None:
+            await asyncio.to_thread(self.email_sender.stop)
         await self.spend.stop()
         await self.session.close()
         await self.pool.close()

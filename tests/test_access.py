@@ -20,6 +20,7 @@ import bcrypt
 import pytest
 import streamlit as st
 from sqlalchemy import Connection, Engine, insert, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from streamlit.runtime.context import ContextProxy
 from streamlit.runtime.download_data_util import convert_data_to_bytes_and_infer_mime
 from streamlit.runtime.media_file_manager import MediaFileManager
@@ -36,13 +37,21 @@ from gateway_core import (
     limits_admin,
     login_attempts,
     model_admin,
+    signup,
     users_admin,
 )
 from gateway_core.access import Actor
 from gateway_core.audit_search import AuditFilters
 from gateway_core.directory import ROLES
 from gateway_core.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
-from gateway_core.schema import api_keys, audit_log, team_members, teams, users
+from gateway_core.schema import (
+    api_keys,
+    audit_log,
+    billing_accounts,
+    team_members,
+    teams,
+    users,
+)
 from tests import test_app_pages
 from tests.conftest import TEST_SECRET
 from tests.test_app_pages import (
@@ -167,6 +176,25 @@ class GatedAction:
     call: Callable[[Connection, Actor, dict[str, int]], object]
 
 
+def toggle_signup(conn: Connection, actor: Actor, ids: dict[str, int]) -> bool:
+    enabled = signup.get_settings(conn).signup_enabled
+    return signup.set_signup_enabled(conn, actor, not enabled)
+
+
+def approve_after_withdrawal(conn: Connection, actor: Actor, ids: dict[str, int]) -> bool:
+    """Mark the team's organization as self-service without live keys, then approve it."""
+    org_id = conn.execute(
+        select(teams.c.organization_id).where(teams.c.id == ids["team"])
+    ).scalar_one()
+    statement = pg_insert(billing_accounts).values(organization_id=org_id, live_keys_allowed=False)
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["organization_id"], set_={"live_keys_allowed": False}
+        )
+    )
+    return signup.approve_live_keys(conn, actor, org_id)
+
+
 GATED_ACTIONS = {
     "invite_user": GatedAction(
         "users.manage",
@@ -220,6 +248,10 @@ GATED_ACTIONS = {
         lambda conn, actor, ids: keys_admin.set_key_policy(
             conn, actor, ids["key"], allowed_models=["openai/*"]
         ),
+    ),
+    "set_signup_enabled": GatedAction("signup.manage", "signup.set_enabled", toggle_signup),
+    "approve_live_keys": GatedAction(
+        "signup.manage", "organizations.approve_live_keys", approve_after_withdrawal
     ),
 }
 

@@ -15,7 +15,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine, func, select, text
 
-from gateway_core import admin_keys, audit
+from gateway_core import admin_keys, audit, signup
+from gateway_core.access import Actor
 from gateway_core.client import GatewayzAdmin, GatewayzAPIError
 from gateway_core.schema import audit_log, usage_events
 from tests.conftest import TEST_SECRET
@@ -358,6 +359,29 @@ def test_rotation_keeps_limits(proxy: ProxyProcess, engine: Engine) -> None:
             admin.rotate_api_key(old["id"])
         assert raised.value.status_code == 400
         assert "revoked" in raised.value.message
+
+
+def test_live_key_gate(proxy: ProxyProcess, engine: Engine) -> None:
+    with engine.begin() as conn:
+        signup.set_signup_enabled(conn, Actor("root", "owner"), True)
+        result = signup.sign_up(
+            conn, TEST_SECRET.encode(), "ada@example.com", "correct horse battery", "Analytical"
+        )
+    admin_key = new_admin_key(engine)
+    live = {"team_id": result.team_id, "name": "prod"}
+    rejected = admin_call(proxy, "POST", "/keys", admin_key, live)
+    assert rejected.status_code == 403, rejected.text
+    error = error_of(rejected)
+    assert error["code"] == "live_keys_not_allowed"
+    assert "first paid top-up" in error["message"]
+    test = admin_call(proxy, "POST", "/keys", admin_key, {**live, "mode": "test"})
+    assert test.status_code == 201, test.text
+    rotated = admin_call(proxy, "POST", f"/keys/{result.test_key.id}/rotate", admin_key)
+    assert rotated.status_code == 201, rotated.text
+    with engine.begin() as conn:
+        signup.approve_live_keys(conn, Actor("root", "owner"), result.organization_id)
+    allowed = admin_call(proxy, "POST", "/keys", admin_key, live)
+    assert allowed.status_code == 201, allowed.text
 
 
 def test_patch_policy_takes_effect(proxy: ProxyProcess, engine: Engine) -> None:

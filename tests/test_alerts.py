@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine, select
 
-from gateway_core import alerts, directory, secret_box
+from gateway_core import alerts, directory, email_outbox, secret_box
 from gateway_core.config import ConfigError, Settings
 from gateway_core.errors import InvalidRequestError, NotFoundError
 from gateway_core.schema import alert_channels, budgets
@@ -248,7 +248,7 @@ def test_email_text_only(smtp_server: SmtpServer) -> None:
 
 def test_email_closed_port_returns_false(caplog: pytest.LogCaptureFixture) -> None:
     port = free_port()
-    caplog.set_level(logging.INFO, logger="gateway_core.alerts")
+    caplog.set_level(logging.INFO, logger="gateway_core.smtp")
     started = time.monotonic()
     sent = alerts.send_email(
         "127.0.0.1", port, "a@example.test", "b@example.test", "S", "T", backoff=0.01
@@ -570,7 +570,6 @@ def notify(
     budget_id: int,
     before: str,
     after: str,
-    smtp: alerts.SmtpSettings | None,
 ) -> list[Decimal]:
     with engine.begin() as conn:
         return alerts.notify_budget(
@@ -580,7 +579,6 @@ def notify(
             period_start=PERIOD,
             spent_before=Decimal(before),
             spent_after=Decimal(after),
-            smtp=smtp,
             backoff=0.01,
         )
 
@@ -597,24 +595,31 @@ def test_notify_budget_sends_each_threshold_once(
         host=smtp_server.host, port=smtp_server.port, sender="gateway@example.test"
     )
 
-    assert notify(engine, settings, budget_id, "40", "85", smtp) == [
+    assert notify(engine, settings, budget_id, "40", "85") == [
         Decimal("0.5"),
         Decimal("0.8"),
     ]
-    assert notify(engine, settings, budget_id, "40", "85", smtp) == []
-    assert notify(engine, settings, budget_id, "85", "101", smtp) == [Decimal("1.0")]
+    assert notify(engine, settings, budget_id, "40", "85") == []
+    assert notify(engine, settings, budget_id, "85", "101") == [Decimal("1.0")]
+    # Emails wait in the outbox until a sender delivers them.
+    assert smtp_server.handler.messages == []
+    assert email_outbox.deliver_due(engine, smtp) == 3
 
     # Python folds a long Subject onto a continuation line, and its parser
     # keeps the folding space, which mail clients drop.
     subjects = [message["Subject"].strip() for message in smtp_server.handler.messages]
     assert subjects == [
-        "Gatewayz budget alert: team 'research' reached 50% of its monthly budget",
-        "Gatewayz budget alert: team 'research' reached 80% of its monthly budget",
-        "Gatewayz budget alert: team 'research' reached 100% of its monthly budget",
+        "Budget alert: team research reached 50% of its monthly budget",
+        "Budget alert: team research reached 80% of its monthly budget",
+        "Budget alert: team research reached 100% of its monthly budget",
     ]
-    html = smtp_server.handler.messages[0].get_body(preferencelist=("html",))
+    assert all(m["To"] == "owner@example.test" for m in smtp_server.handler.messages)
+    html = smtp_server.handler.messages[2].get_body(preferencelist=("html",))
+    text = smtp_server.handler.messages[2].get_body(preferencelist=("plain",))
     assert html is not None
-    assert "&#x27;research&#x27;" in html.get_content()
+    assert text is not None
+    assert "$101.00" in html.get_content()
+    assert "Requests that would exceed the budget are now rejected." in text.get_content()
 
     assert len(webhook_server.received) == 3
     headers, body = webhook_server.received[1]
@@ -648,7 +653,7 @@ def test_notify_budget_concurrent_workers(
     def worker() -> None:
         try:
             barrier.wait()
-            claimed.append(notify(engine, settings, budget_id, "0", "90", None))
+            claimed.append(notify(engine, settings, budget_id, "0", "90"))
         except BaseException as exc:
             errors.append(exc)
 
@@ -665,17 +670,19 @@ def test_notify_budget_concurrent_workers(
     assert len(webhook_server.received) == 2
 
 
-def test_notify_budget_without_smtp_skips_email(
-    engine: Engine,
-    settings: Settings,
-    webhook_server: WebhookServer,
-    caplog: pytest.LogCaptureFixture,
+def test_notify_budget_queues_email_once(
+    engine: Engine, settings: Settings, webhook_server: WebhookServer
 ) -> None:
     organization_id, budget_id = create_budget(engine)
     add_channels(engine, settings, organization_id, webhook_server.url)
-    assert notify(engine, settings, budget_id, "0", "50", None) == [Decimal("0.5")]
+    assert notify(engine, settings, budget_id, "0", "50") == [Decimal("0.5")]
+    assert notify(engine, settings, budget_id, "0", "50") == []
     assert len(webhook_server.received) == 1
-    assert "email is not configured" in caplog.text
+    with engine.connect() as conn:
+        queued = email_outbox.list_emails(conn)
+    assert [(e.template, e.recipient, e.status) for e in queued] == [
+        ("budget_alert", "owner@example.test", "pending")
+    ]
 
 
 def test_notify_budget_failed_delivery_logged(
@@ -683,16 +690,18 @@ def test_notify_budget_failed_delivery_logged(
 ) -> None:
     organization_id, budget_id = create_budget(engine)
     closed = f"http://127.0.0.1:{free_port()}/hook"
-    add_channels(engine, settings, organization_id, closed)
-    smtp = alerts.SmtpSettings(host="127.0.0.1", port=free_port(), sender="gateway@example.test")
-    assert notify(engine, settings, budget_id, "0", "50", smtp) == [Decimal("0.5")]
-    assert f"budget {budget_id} alert at 50% reached none of 2 channels" in caplog.text
+    with engine.begin() as conn:
+        alerts.add_channel(
+            conn, settings.secret, organization_id, "webhook", closed, WEBHOOK_SECRET
+        )
+    assert notify(engine, settings, budget_id, "0", "50") == [Decimal("0.5")]
+    assert f"budget {budget_id} alert at 50% reached none of 1 channels" in caplog.text
     assert WEBHOOK_SECRET not in caplog.text
 
 
 def test_notify_budget_unknown_budget(engine: Engine, settings: Settings) -> None:
     with pytest.raises(NotFoundError, match="budget 999"):
-        notify(engine, settings, 999, "0", "50", None)
+        notify(engine, settings, 999, "0", "50")
 
 
 # SmtpSettings

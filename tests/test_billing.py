@@ -6,7 +6,6 @@ deliveries through the running proxy are tested in test_billing_webhook.py.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,17 +17,19 @@ from typing import Any
 import jinja2
 import pytest
 import streamlit as st
-from aiosmtpd.controller import Controller
 from markupsafe import escape
 from sqlalchemy import Engine, select
+from streamlit.runtime.context import ContextProxy
 from streamlit.testing.v1 import AppTest
 
-from gateway_core import alerts, billing, directory, emails, keys, ledger, promotions, signup
+from gateway_core import billing, directory, emails, keys, ledger, promotions, signup
+from gateway_core.access import Actor
 from gateway_core.billing import Billing, BillingSettings
 from gateway_core.config import ConfigError
 from gateway_core.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from gateway_core.schema import (
     api_keys,
+    audit_log,
     billing_subscriptions,
     ledger_entries,
     organization_members,
@@ -38,7 +39,6 @@ from gateway_core.schema import (
     users,
 )
 from tests.conftest import TEST_SECRET
-from tests.support.fake_openai import free_port
 from tests.support.fake_stripe import API_KEY, WEBHOOK_SECRET, FakeStripe, event
 
 PAGE_PATH = Path(__file__).resolve().parent.parent / "pages" / "billing.py"
@@ -644,7 +644,7 @@ def test_live_keys_need_approval(engine: Engine) -> None:
         assert signup.live_keys_allowed(conn, operator_org)
         signup.check_live_key_allowed(conn, operator_team.id)
     with engine.begin() as conn:
-        signup.approve_live_keys(conn, result.organization_id, "admin")
+        signup.approve_live_keys(conn, Actor("admin", "admin"), result.organization_id)
     with engine.connect() as conn:
         signup.check_live_key_allowed(conn, result.team_id)
 
@@ -712,59 +712,6 @@ def test_format_usd() -> None:
         emails.format_usd(1.5)  # type: ignore[arg-type]
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(envelope)
-        return "250 OK"
-
-
-def test_outbox_delivers() -> None:
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    outbox = emails.EmailOutbox(
-        alerts.SmtpSettings(host="127.0.0.1", port=controller.port, sender="gw@example.com")
-    )
-    try:
-        context = emails.sample_context("welcome")
-        assert outbox.send("ada@example.com", "welcome", **context).result(timeout=30)
-    finally:
-        outbox.close()
-        controller.stop()
-    [message] = inbox.messages
-    assert message.rcpt_tos == ["ada@example.com"]
-    assert b"Welcome to Gatewayz" in message.content
-
-
-def test_outbox_never_blocks_on_failure() -> None:
-    # A server that accepts connections but never greets, so each attempt times out.
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen()
-    smtp = alerts.SmtpSettings(
-        host="127.0.0.1", port=silent.getsockname()[1], sender="gw@example.com", timeout=0.3
-    )
-    outbox = emails.EmailOutbox(smtp)
-    try:
-        started = time.monotonic()
-        future = outbox.send("ada@example.com", "welcome", **emails.sample_context("welcome"))
-        assert time.monotonic() - started < 0.2
-        assert future.result(timeout=30) is False
-    finally:
-        outbox.close()
-        silent.close()
-
-
-def test_outbox_without_smtp() -> None:
-    outbox = emails.EmailOutbox(None)
-    future = outbox.send("a@example.com", "welcome", **emails.sample_context("welcome"))
-    assert future.result(timeout=1) is False
-    outbox.close()
-
-
 # Billing page
 
 
@@ -774,6 +721,8 @@ def page_env(engine: Engine, server_env: dict[str, str], monkeypatch) -> Iterato
     monkeypatch.setenv("GATEWAYZ_SECRET", server_env["GATEWAYZ_SECRET"])
     for name in ("STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET", "STRIPE_API_BASE"):
         monkeypatch.delenv(name, raising=False)
+    # AppTest's client address is a MagicMock; Streamlit reports None for localhost.
+    monkeypatch.setattr(ContextProxy, "ip_address", property(lambda self: None))
     st.cache_data.clear()
     st.cache_resource.clear()
     yield
@@ -834,3 +783,54 @@ def test_page_creates_checkout_session(
         [payment] = billing.list_payments(conn, org_id)
     assert payment.amount == Decimal(15)
     assert payment.created_by == "owner"
+
+
+def test_page_switches_signup_and_approves(engine: Engine, page_env: None) -> None:
+    result = sign_up_org(engine)
+    with engine.begin() as conn:
+        signup.set_signup_enabled(conn, Actor("root", "owner"), False)
+    at = run_page()
+    at.selectbox(key="billing_org").set_value(result.organization_id)
+    at.run()
+    assert "after first top-up" in [metric.value for metric in at.metric]
+    at.toggle(key="billing_signup_enabled").set_value(True)
+    at.run()
+    assert not at.exception, at.exception
+    assert "Self-service sign-up is now on." in page_text(at)
+    [approve] = [b for b in at.button if b.label == "Approve live keys for this organization"]
+    approve.click()
+    at.run()
+    assert not at.exception, at.exception
+    assert "This organization may now create live keys." in page_text(at)
+    with engine.connect() as conn:
+        assert signup.get_settings(conn).signup_enabled is True
+        assert signup.live_keys_allowed(conn, result.organization_id) is True
+        actions = conn.execute(select(audit_log.c.actor, audit_log.c.action)).all()
+    assert ("owner", "signup.set_enabled") in actions
+    assert ("owner", "organizations.approve_live_keys") in actions
+
+
+def test_page_billing_role_cannot_switch_signup(engine: Engine, page_env: None) -> None:
+    make_org(engine)
+    at = run_page("bea", "billing")
+    assert not [toggle for toggle in at.toggle if toggle.key == "billing_signup_enabled"]
+
+
+def test_page_previews_every_template(engine: Engine, page_env: None) -> None:
+    at = run_page()
+    for name in emails.TEMPLATES:
+        at.selectbox(key="billing_email_template").set_value(name)
+        at.run()
+        assert not at.exception, at.exception
+        subject, _, _ = emails.render_email(name, **emails.sample_context(name))
+        assert f"**Subject:** {subject}" in page_text(at)
+
+
+def test_page_lists_outbox(engine: Engine, page_env: None) -> None:
+    sign_up_org(engine)
+    at = run_page()
+    frames = [frame.value for frame in at.dataframe]
+    outbox = [frame for frame in frames if "Template" in frame.columns]
+    assert len(outbox) == 1
+    assert outbox[0]["Template"].tolist() == ["welcome"]
+    assert outbox[0]["Status"].tolist() == ["pending"]
