@@ -16,6 +16,7 @@ from gateway_core import (
     audit,
     cli_admin,
     cli_admin_keys,
+    cli_usage,
     directory,
     keys,
     ledger,
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_credits_parser(commands)
     cli_admin.add_parsers(commands)
     cli_admin_keys.add_parsers(commands)
+    cli_usage.add_parsers(commands)
     return parser
 
 
@@ -211,7 +213,8 @@ READ_ONLY_ACTIONS = frozenset({"list", "balance", "history", "verify", "export"}
 
 def audit_command(conn: Connection, args: argparse.Namespace) -> None:
     """Record a command that changed something, in the same transaction as the change."""
-    if args.command == "audit" or getattr(args, "action", None) in READ_ONLY_ACTIONS:
+    # `usage` commands write their own entries, with the outcome in them.
+    if args.command in ("audit", "usage") or getattr(args, "action", None) in READ_ONLY_ACTIONS:
         return
     details = {
         name: value
@@ -237,6 +240,8 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return run_credits_command(args, conn)
         if args.command == "admin-keys":
             return cli_admin_keys.run(args, conn, settings.secret)
+        if args.command == "usage":
+            return cli_usage.run(args, conn)
         if args.command == "teams" and args.action == "create":
             team = directory.create_team(conn, args.name, args.org)
             print(f"created team {team.name!r} (id {team.id})")

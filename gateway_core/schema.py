@@ -176,9 +176,11 @@ model_price_overrides = Table(
 usage_events = Table(
     "usage_events",
     metadata,
-    # One row per call; the request id makes a replayed write a no-op.
+    # One row per call. The table is partitioned by UTC month of created_at
+    # (migration 0016), so its key must contain created_at; usage_request_ids
+    # keeps request ids unique across all months.
     Column("request_id", String(64), primary_key=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), primary_key=True),
     Column("organization_id", BigInteger),
     Column("team_id", BigInteger),
     Column("api_key_id", BigInteger),
@@ -206,6 +208,16 @@ usage_events = Table(
     Column("session_id", String(40)),
     Column("template_name", String(100)),
     Column("template_version", Integer),
+    postgresql_partition_by="RANGE (created_at)",
+)
+
+# The request id of every usage row ever written, detached months included;
+# the recorder inserts here first, so a replayed row is written only once.
+usage_request_ids = Table(
+    "usage_request_ids",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
 Index("ix_usage_events_created_at", usage_events.c.created_at)

@@ -22,6 +22,7 @@ from proxy.auth import KeyVerifier
 from proxy.budget_alerts import BudgetAlerter
 from proxy.context import CallContext
 from proxy.metrics import observe
+from proxy.partitions import PartitionKeeper
 from proxy.privacy_cache import PrivacyCache
 from proxy.providers import ProviderRegistry, Route
 from proxy.ratelimit import RateLimitConfigCache, RateLimiter, create_backend
@@ -49,6 +50,7 @@ class Gateway:
     rate_limit_config: RateLimitConfigCache
     alerter: BudgetAlerter
     privacy: PrivacyCache
+    partitions: PartitionKeeper
     # Release calls still running, kept so they are not garbage-collected.
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -108,6 +110,8 @@ class Gateway:
         await rate_limit_config.refresh()
         rate_limit_config.start()
         limiter = RateLimiter(rate_limit_config, create_backend(settings.redis_url, pool))
+        partitions = PartitionKeeper(pool)
+        partitions.start()
         logger.info("proxy worker started with providers: %s", ", ".join(registry.configured()))
         return cls(
             settings,
@@ -124,6 +128,7 @@ class Gateway:
             rate_limit_config,
             alerter,
             PrivacyCache(pool, refresh_interval=settings.provider_refresh_interval),
+            partitions,
         )
 
     async def readiness(self) -> dict[str, str]:
@@ -144,6 +149,7 @@ class Gateway:
     async def stop(self) -> None:
         await self.verifier.stop_listener()
         await self.registry.stop()
+        await self.partitions.stop()
         if self.background:
             await asyncio.gather(*self.background, return_exceptions=True)
         await self.rate_limit_config.stop()
