@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -581,7 +581,7 @@ def notify_budget(
             threshold=threshold,
         )
         delivered = sum(
-            _send_to_channel(channel, alert, settings_secret, smtp, client, attempts, backoff)
+            send_to_channel(channel, alert, settings_secret, smtp, client, attempts, backoff)
             for channel in channels
         )
         if delivered == 0:
@@ -597,9 +597,21 @@ def notify_budget(
     return claimed
 
 
-def _send_to_channel(
+class AlertMessage(Protocol):
+    """What a channel sends: a budget alert or a health alert."""
+
+    def subject(self) -> str: ...
+
+    def text(self) -> str: ...
+
+    def html(self) -> str: ...
+
+    def payload(self) -> dict[str, Any]: ...
+
+
+def send_to_channel(
     channel: AlertChannel,
-    alert: BudgetAlert,
+    alert: AlertMessage,
     settings_secret: bytes,
     smtp: SmtpSettings | None,
     client: httpx.Client | None,

@@ -21,6 +21,7 @@ from proxy.admission import max_cost
 from proxy.auth import KeyVerifier
 from proxy.budget_alerts import BudgetAlerter
 from proxy.context import CallContext
+from proxy.health_monitor import HealthMonitor
 from proxy.metrics import observe
 from proxy.partitions import PartitionKeeper
 from proxy.privacy_cache import PrivacyCache
@@ -51,6 +52,7 @@ class Gateway:
     alerter: BudgetAlerter
     privacy: PrivacyCache
     partitions: PartitionKeeper
+    health: HealthMonitor
     # Release calls still running, kept so they are not garbage-collected.
     background: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -112,6 +114,9 @@ class Gateway:
         limiter = RateLimiter(rate_limit_config, create_backend(settings.redis_url, pool))
         partitions = PartitionKeeper(pool)
         partitions.start()
+        breaker = CircuitBreaker(settings.circuit_failures, settings.circuit_cooldown)
+        health = HealthMonitor(settings, breaker, recorder.spooled_rows)
+        health.start()
         logger.info("proxy worker started with providers: %s", ", ".join(registry.configured()))
         return cls(
             settings,
@@ -121,7 +126,7 @@ class Gateway:
             registry,
             recorder,
             catalog,
-            CircuitBreaker(settings.circuit_failures, settings.circuit_cooldown),
+            breaker,
             RetryPolicy(max_retries=settings.upstream_max_retries),
             spend,
             limiter,
@@ -129,6 +134,7 @@ class Gateway:
             alerter,
             PrivacyCache(pool, refresh_interval=settings.provider_refresh_interval),
             partitions,
+            health,
         )
 
     async def readiness(self) -> dict[str, str]:
@@ -150,6 +156,7 @@ class Gateway:
         await self.verifier.stop_listener()
         await self.registry.stop()
         await self.partitions.stop()
+        await self.health.stop()
         if self.background:
             await asyncio.gather(*self.background, return_exceptions=True)
         await self.rate_limit_config.stop()

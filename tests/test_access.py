@@ -31,6 +31,7 @@ from gateway_core import (
     audit,
     audit_search,
     directory,
+    health_rules,
     keys,
     keys_admin,
     limits_admin,
@@ -219,6 +220,24 @@ GATED_ACTIONS = {
         "keys.policy",
         lambda conn, actor, ids: keys_admin.set_key_policy(
             conn, actor, ids["key"], allowed_models=["openai/*"]
+        ),
+    ),
+    "save_health_rule": GatedAction(
+        "alerts.manage",
+        "health_rule.create",
+        lambda conn, actor, ids: health_rules.save_rule(
+            conn,
+            actor,
+            organization_id=conn.execute(
+                select(teams.c.organization_id).where(teams.c.id == ids["team"])
+            ).scalar_one(),
+            name="errors",
+            kind="error_rate",
+            provider=None,
+            threshold="0.2",
+            window_seconds=300,
+            min_requests=10,
+            cooldown_seconds=900,
         ),
     ),
 }
