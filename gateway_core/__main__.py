@@ -234,6 +234,8 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     engine = get_engine(settings.database_url)
     if args.command == "audit":
         return cli_admin.run_audit(args, engine)
+    if args.command == "usage" and args.action == "detach":
+        return cli_usage.run_detach(args, engine)
     with engine.begin() as conn:
         audit_command(conn, args)
         if args.command == "credits":

@@ -7,7 +7,7 @@ import getpass
 from datetime import date
 from pathlib import Path
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine
 
 from gateway_core import audit, usage_partitions
 from gateway_core.errors import InvalidRequestError
@@ -44,6 +44,7 @@ def month_argument(value: str) -> date:
 
 
 def run(args: argparse.Namespace, conn: Connection) -> int:
+    """Run `usage list` or `usage ensure` in the caller's transaction."""
     actor = f"cli:{getpass.getuser()}"
     if args.action == "list":
         for partition in usage_partitions.list_partitions(conn):
@@ -60,21 +61,22 @@ def run(args: argparse.Namespace, conn: Connection) -> int:
         )
         print(f"created {created} new partitions")
         return 0
-    detached = usage_partitions.detach_month(conn, args.month, archive=args.out, drop=args.drop)
-    audit.record(
-        conn,
-        actor=actor,
-        action="usage.detach",
-        object_type="usage_partition",
-        object_id=detached.table,
-        after={
-            "month": f"{args.month:%Y-%m}",
-            "rows": detached.rows,
-            "archive": None if detached.archive is None else str(detached.archive),
-            "dropped": detached.dropped,
-        },
+    raise ValueError(f"unknown usage action {args.action!r}")
+
+
+def run_detach(args: argparse.Namespace, engine: Engine) -> int:
+    """Detach, archive and drop a month; each step commits on its own."""
+    detached = usage_partitions.detach_month(
+        engine,
+        args.month,
+        actor=f"cli:{getpass.getuser()}",
+        archive=args.out,
+        drop=args.drop,
     )
-    print(f"detached {detached.table} with {detached.rows} rows")
+    if detached.detached_now:
+        print(f"detached {detached.table} with {detached.rows} rows")
+    else:
+        print(f"{detached.table} was detached already; it has {detached.rows} rows")
     if detached.archive is not None:
         print(f"wrote {detached.archive}")
     if detached.dropped:

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 
+from gateway_core import audit
 from gateway_core.errors import InvalidRequestError, NotFoundError
 
 # Months after the current UTC month that always have a partition.
@@ -38,6 +39,8 @@ class DetachedMonth:
     rows: int
     archive: Path | None
     dropped: bool
+    # False when an earlier run had detached the table already.
+    detached_now: bool
 
 
 def parse_month(value: str) -> date:
@@ -77,13 +80,20 @@ def list_partitions(conn: Connection) -> list[Partition]:
 
 
 def detach_month(
-    conn: Connection, month: date, *, archive: Path | None = None, drop: bool = False
+    engine: Engine,
+    month: date,
+    *,
+    actor: str,
+    archive: Path | None = None,
+    drop: bool = False,
 ) -> DetachedMonth:
-    """Detach one month's partition; optionally write it to a CSV file and drop it.
+    """Detach one past month's partition, then optionally write it to CSV and drop it.
 
-    Runs in the caller's transaction, so the detach, the archive file being
-    complete and the drop commit together or not at all. The rollups in
-    usage_hourly and usage_daily keep that month's totals.
+    Each step commits on its own, so usage_events is locked only for the
+    detach itself and not while the archive is written. A month detached
+    earlier but not dropped can be archived and dropped by running this
+    again. The detach and the drop each append an audit entry. The rollups
+    in usage_hourly and usage_daily keep the month's totals.
     """
     this_month = datetime.now(UTC).date().replace(day=1)
     if month >= this_month:
@@ -92,23 +102,53 @@ def detach_month(
         )
     if drop and archive is None:
         raise InvalidRequestError("--drop needs --out, so the month's rows are archived first")
+    if archive is not None and archive.exists():
+        raise InvalidRequestError(f"archive file {archive} exists; choose another --out")
     table = partition_name(month)
-    attached = conn.execute(
+    with engine.begin() as conn:
+        detached_now = _detach(conn, table, month)
+        rows = conn.execute(text(f'SELECT count(*) FROM "{table}"')).scalar_one()
+        if detached_now:
+            audit.record(
+                conn,
+                actor=actor,
+                action="usage.detach",
+                object_type="usage_partition",
+                object_id=table,
+                after={"month": f"{month:%Y-%m}", "rows": rows},
+            )
+    if archive is not None:
+        with engine.begin() as conn:
+            write_archive(conn, table, archive)
+    if drop:
+        with engine.begin() as conn:
+            conn.execute(text(f'DROP TABLE "{table}"'))
+            audit.record(
+                conn,
+                actor=actor,
+                action="usage.drop",
+                object_type="usage_partition",
+                object_id=table,
+                after={"month": f"{month:%Y-%m}", "rows": rows, "archive": str(archive)},
+            )
+    return DetachedMonth(table, rows, archive, drop, detached_now)
+
+
+def _detach(conn: Connection, table: str, month: date) -> bool:
+    """Detach the partition; False when it is a table detached earlier."""
+    state = conn.execute(
         text(
-            "SELECT 1 FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-            "WHERE i.inhparent = 'usage_events'::regclass AND c.relname = :name"
+            "SELECT c.relispartition FROM pg_class c "
+            "WHERE c.relname = :name AND c.relnamespace = 'public'::regnamespace"
         ),
         {"name": table},
-    ).first()
-    if attached is None:
-        raise NotFoundError(f"usage_events has no attached partition {table} for {month:%Y-%m}")
+    ).scalar_one_or_none()
+    if state is None:
+        raise NotFoundError(f"usage_events has no partition {table} for {month:%Y-%m}")
+    if not state:
+        return False
     conn.execute(text(f'ALTER TABLE usage_events DETACH PARTITION "{table}"'))
-    rows = conn.execute(text(f'SELECT count(*) FROM "{table}"')).scalar_one()
-    if archive is not None:
-        write_archive(conn, table, archive)
-    if drop:
-        conn.execute(text(f'DROP TABLE "{table}"'))
-    return DetachedMonth(table, rows, archive, drop)
+    return True
 
 
 def write_archive(conn: Connection, table: str, path: Path) -> None:

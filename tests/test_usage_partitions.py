@@ -152,50 +152,72 @@ def test_detach_archives_and_drops(
     assert daily_requests(engine, "2024-02-10T00:00:00") == 1
 
     with engine.connect() as conn:
-        entry = conn.execute(
+        entries = conn.execute(
             text(
-                "SELECT actor, object_id, after FROM audit_log "
-                "WHERE action = 'usage.detach' ORDER BY id DESC LIMIT 1"
+                "SELECT action, actor, object_id, after FROM audit_log "
+                "WHERE action LIKE 'usage.%' ORDER BY id"
             )
-        ).one()
-    assert entry.actor.startswith("cli:")
-    assert entry.object_id == "usage_events_y2024m02"
-    assert entry.after["rows"] == 3
-    assert entry.after["dropped"] is True
-    assert entry.after["archive"] == str(archive)
+        ).all()
+    assert [entry.action for entry in entries] == ["usage.detach", "usage.drop"]
+    assert all(entry.actor.startswith("cli:") for entry in entries)
+    assert {entry.object_id for entry in entries} == {"usage_events_y2024m02"}
+    assert entries[0].after == {"month": "2024-02", "rows": 3}
+    assert entries[1].after == {"month": "2024-02", "rows": 3, "archive": str(archive)}
 
     # A late replay of an archived row is still recognised and skipped.
     record(database_url, [[rows[0]]])
     assert rows_of(engine, "req_part_feb_0") == []
 
 
-def test_detach_without_drop_keeps_table(
-    server_env: dict[str, str], database_url: str, engine: Engine
+def test_detach_then_archive_later(
+    server_env: dict[str, str], database_url: str, engine: Engine, tmp_path: Path
 ) -> None:
     create_partition(engine, "2024-03-01")
     record(database_url, [[call("req_part_mar", "2024-03-05T10:00:00")]])
     detached = cli(server_env, "usage", "detach", "2024-03")
     assert detached.returncode == 0, detached.stderr
-    try:
-        with engine.connect() as conn:
-            kept = conn.execute(text("SELECT request_id FROM usage_events_y2024m03")).scalars()
-            assert list(kept) == ["req_part_mar"]
-        assert rows_of(engine, "req_part_mar") == []
-        listed = cli(server_env, "usage", "list")
-        assert listed.returncode == 0, listed.stderr
-        assert "usage_events_default" in listed.stdout
-        assert "usage_events_y2024m03" not in listed.stdout
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text("DROP TABLE IF EXISTS usage_events_y2024m03"))
+    with engine.connect() as conn:
+        kept = conn.execute(text("SELECT request_id FROM usage_events_y2024m03")).scalars()
+        assert list(kept) == ["req_part_mar"]
+    assert rows_of(engine, "req_part_mar") == []
+    listed = cli(server_env, "usage", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "usage_events_default" in listed.stdout
+    assert "usage_events_y2024m03" not in listed.stdout
+
+    # A second run archives and drops the table the first run detached.
+    archive = tmp_path / "usage-2024-03.csv"
+    again = cli(server_env, "usage", "detach", "2024-03", "--out", str(archive), "--drop")
+    assert again.returncode == 0, again.stderr
+    assert "usage_events_y2024m03 was detached already; it has 1 rows" in again.stdout
+    assert archive.read_text().count("req_part_mar") == 1
+    assert not table_exists(engine, "usage_events_y2024m03")
+    with engine.connect() as conn:
+        actions = conn.execute(text("SELECT action FROM audit_log ORDER BY id")).scalars()
+        assert list(actions) == ["usage.detach", "usage.drop"]
+
+
+def test_existing_archive_file_rejected(
+    server_env: dict[str, str], engine: Engine, tmp_path: Path
+) -> None:
+    create_partition(engine, "2024-04-01")
+    archive = tmp_path / "taken.csv"
+    archive.write_text("keep me")
+    result = cli(server_env, "usage", "detach", "2024-04", "--out", str(archive))
+    assert result.returncode == 1
+    assert f"archive file {archive} exists" in result.stderr
+    assert archive.read_text() == "keep me"
+    # Nothing was detached, so the month is still part of usage_events.
+    listed = cli(server_env, "usage", "list")
+    assert "usage_events_y2024m04" in listed.stdout
 
 
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
         (("2024-13",), "invalid month '2024-13'"),
-        (("2024-04", "--drop"), "--drop needs --out"),
-        (("2019-01",), "no attached partition usage_events_y2019m01"),
+        (("2024-05", "--drop"), "--drop needs --out"),
+        (("2019-01",), "no partition usage_events_y2019m01"),
         ((f"{datetime.now(UTC):%Y-%m}",), "only past months can be detached"),
     ],
 )
@@ -207,7 +229,7 @@ def test_detach_rejects(
     assert message in result.stderr
     with engine.connect() as conn:
         entries = conn.execute(
-            text("SELECT count(*) FROM audit_log WHERE action = 'usage.detach'")
+            text("SELECT count(*) FROM audit_log WHERE action LIKE 'usage.%'")
         ).scalar_one()
     assert entries == 0
 
