@@ -156,7 +156,7 @@ def budget_table(statuses: list[budgets.BudgetStatus], unit: str) -> None:
 
 settings = Settings.from_env()
 st.title("Team spend")
-url = settings.database_url
+url = settings.analytics_database_url
 
 try:
     organizations = load_organizations(url)

@@ -90,7 +90,7 @@ def incidents(engine: Engine, rule_id: int) -> list[Any]:
         ).all()
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
