@@ -125,6 +125,13 @@ PAGES = (
     ),
     AppPage("users", "pages/users.py", "Users", ":material/group:", roles_for("users.manage")),
     AppPage(
+        "health_alerts",
+        "pages/health_alerts.py",
+        "Health alerts",
+        ":material/notifications:",
+        roles_for("alerts.manage"),
+    ),
+    AppPage(
         "audit",
         "pages/audit.py",
         "Audit log",

@@ -344,9 +344,7 @@ def time_recorder_batches(url: str, enabled: bool) -> list[float]:
                 },
             )
             started = time.perf_counter()
-            conn.execute(
-                "INSERT INTO usage_events SELECT * FROM staging ON CONFLICT (request_id) DO NOTHING"
-            )
+            conn.execute("INSERT INTO usage_events SELECT * FROM staging ON CONFLICT DO NOTHING")
             conn.commit()
             seconds.append(time.perf_counter() - started)
         conn.execute("ALTER TABLE usage_events ENABLE TRIGGER usage_events_rollups")

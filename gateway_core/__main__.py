@@ -17,6 +17,7 @@ from gateway_core import (
     cli_admin,
     cli_admin_keys,
     cli_signup,
+    cli_usage,
     directory,
     keys,
     ledger,
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_admin.add_parsers(commands)
     cli_admin_keys.add_parsers(commands)
     cli_signup.add_parsers(commands)
+    cli_usage.add_parsers(commands)
     return parser
 
 
@@ -213,7 +215,8 @@ READ_ONLY_ACTIONS = frozenset({"list", "balance", "history", "verify", "export",
 
 def audit_command(conn: Connection, args: argparse.Namespace) -> None:
     """Record a command that changed something, in the same transaction as the change."""
-    if args.command in ("audit", *cli_signup.SELF_AUDITED):
+    # `usage` and some sign-up commands write their own entries, with the outcome in them.
+    if args.command in ("audit", "usage", *cli_signup.SELF_AUDITED):
         return
     if getattr(args, "action", None) in READ_ONLY_ACTIONS:
         return
@@ -237,6 +240,8 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return cli_admin.run_audit(args, engine)
     if args.command == "emails" and args.action == "send":
         return cli_signup.send_emails(engine)
+    if args.command == "usage" and args.action == "detach":
+        return cli_usage.run_detach(args, engine)
     with engine.begin() as conn:
         audit_command(conn, args)
         if args.command == "credits":
@@ -247,6 +252,8 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return cli_signup.run_signup(args, conn)
         if args.command == "emails":
             return cli_signup.run_emails(args, conn)
+        if args.command == "usage":
+            return cli_usage.run(args, conn)
         if args.command == "teams" and args.action == "create":
             team = directory.create_team(conn, args.name, args.org)
             print(f"created team {team.name!r} (id {team.id})")

@@ -39,6 +39,8 @@ PERMISSIONS: Mapping[str, frozenset[str]] = MappingProxyType(
         # Matches model_admin.MANAGER_ROLES.
         "models.manage": _OWNER_ADMIN,
         "users.manage": _OWNER_ADMIN,
+        # Health alert rules send to every alert channel of an organization.
+        "alerts.manage": _OWNER_ADMIN,
         "audit.read": _FINANCE,
         "usage.read": ALL_ROLES,
         "reports.read": ALL_ROLES,

@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -463,9 +463,56 @@ def _queue_email(
     return True
 
 
+class AlertMessage(Protocol):
+    """What a channel sends: a budget alert or a health alert."""
+
+    def subject(self) -> str: ...
+
+    def text(self) -> str: ...
+
+    def html(self) -> str: ...
+
+    def payload(self) -> dict[str, Any]: ...
+
+
+def send_to_channel(
+    channel: AlertChannel,
+    alert: AlertMessage,
+    settings_secret: bytes,
+    smtp: SmtpSettings | None,
+    client: httpx.Client | None,
+    attempts: int,
+    backoff: float,
+) -> bool:
+    """Send `alert` to one channel at once, by SMTP or by signed webhook."""
+    if channel.kind == "email":
+        if smtp is None:
+            logger.warning(
+                "alert channel %d skipped: email is not configured (GATEWAYZ_SMTP_HOST)",
+                channel.id,
+            )
+            return False
+        return send_email(
+            smtp.host,
+            smtp.port,
+            smtp.sender,
+            channel.target,
+            alert.subject(),
+            alert.text(),
+            alert.html(),
+            username=smtp.username,
+            password=smtp.password,
+            starttls=smtp.starttls,
+            timeout=smtp.timeout,
+            attempts=attempts,
+            backoff=backoff,
+        )
+    return _send_webhook(channel, alert, settings_secret, client, attempts, backoff)
+
+
 def _send_webhook(
     channel: AlertChannel,
-    alert: BudgetAlert,
+    alert: AlertMessage,
     settings_secret: bytes,
     client: httpx.Client | None,
     attempts: int,

@@ -61,10 +61,17 @@ class Settings:
     recorder_batch_size: int = 500
     recorder_flush_interval: float = 0.05
     recorder_queue_size: int = 10_000
+    # Seconds between evaluations of the health alert rules in each worker.
+    health_interval: float = 15.0
+    # Database the app's analytics pages read, such as a streaming read
+    # replica of the primary; empty means database_url.
+    analytics_database_url: str = ""
 
     def __post_init__(self) -> None:
         if not self.encryption_key:
             object.__setattr__(self, "encryption_key", self.secret)
+        if not self.analytics_database_url:
+            object.__setattr__(self, "analytics_database_url", self.database_url)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -114,6 +121,8 @@ class Settings:
             circuit_failures=int(env.get("GATEWAYZ_CIRCUIT_FAILURES", "5")),
             circuit_cooldown=float(env.get("GATEWAYZ_CIRCUIT_COOLDOWN", "30")),
             provider_refresh_interval=float(env.get("GATEWAYZ_PROVIDER_REFRESH_INTERVAL", "2")),
+            health_interval=float(env.get("GATEWAYZ_HEALTH_INTERVAL", "15")),
+            analytics_database_url=env.get("GATEWAYZ_ANALYTICS_DATABASE_URL", ""),
         )
 
 

@@ -10,6 +10,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine
 
 from gateway_core.config import PROJECT_ROOT, sqlalchemy_url
+from gateway_core.usage_partitions import ensure_partitions
 
 
 @functools.cache
@@ -27,5 +28,7 @@ def alembic_config(database_url: str) -> Config:
 
 
 def migrate(database_url: str) -> None:
-    """Apply every Alembic migration that the database has not had yet, on every branch."""
+    """Apply every Alembic migration not yet applied, then create the coming usage partitions."""
     command.upgrade(alembic_config(database_url), "heads")
+    with get_engine(database_url).begin() as conn:
+        ensure_partitions(conn)

@@ -176,9 +176,11 @@ model_price_overrides = Table(
 usage_events = Table(
     "usage_events",
     metadata,
-    # One row per call; the request id makes a replayed write a no-op.
+    # One row per call. The table is partitioned by UTC month of created_at
+    # (migration 0016), so its key must contain created_at; usage_request_ids
+    # keeps request ids unique across all months.
     Column("request_id", String(64), primary_key=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), primary_key=True),
     Column("organization_id", BigInteger),
     Column("team_id", BigInteger),
     Column("api_key_id", BigInteger),
@@ -206,6 +208,16 @@ usage_events = Table(
     Column("session_id", String(40)),
     Column("template_name", String(100)),
     Column("template_version", Integer),
+    postgresql_partition_by="RANGE (created_at)",
+)
+
+# The request id of every usage row ever written, detached months included;
+# the recorder inserts here first, so a replayed row is written only once.
+usage_request_ids = Table(
+    "usage_request_ids",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )
 
 Index("ix_usage_events_created_at", usage_events.c.created_at)
@@ -326,6 +338,73 @@ alert_channels = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("kind IN ('email', 'webhook')", name="ck_alert_channels_kind"),
 )
+
+HEALTH_RULE_KINDS = ("error_rate", "p95_latency", "circuit_open", "spool_rows")
+
+# Conditions on the proxy's health that alert an organization's channels.
+health_alert_rules = Table(
+    "health_alert_rules",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column(
+        "organization_id",
+        BigInteger,
+        ForeignKey("organizations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("name", String(100), nullable=False),
+    Column("kind", String(32), nullable=False),
+    # Only calls to this provider count; required for circuit_open.
+    Column("provider", String(64)),
+    # A fraction for error_rate, milliseconds for p95_latency, rows for
+    # spool_rows; unused by circuit_open.
+    Column("threshold", Numeric(20, 6), nullable=False),
+    Column("window_seconds", Integer, nullable=False),
+    # Fewer calls than this in the window never fire error_rate or p95_latency.
+    Column("min_requests", Integer, nullable=False),
+    # Seconds after a message during which a new incident of the rule sends none.
+    Column("cooldown_seconds", Integer, nullable=False),
+    Column("enabled", Boolean, nullable=False, server_default="true"),
+    Column("updated_by", String(100)),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint(
+        "kind IN ('error_rate', 'p95_latency', 'circuit_open', 'spool_rows')",
+        name="ck_health_alert_rules_kind",
+    ),
+    CheckConstraint("threshold >= 0", name="ck_health_alert_rules_threshold"),
+    CheckConstraint("window_seconds > 0", name="ck_health_alert_rules_window"),
+    CheckConstraint("min_requests >= 0", name="ck_health_alert_rules_min_requests"),
+    CheckConstraint("cooldown_seconds >= 0", name="ck_health_alert_rules_cooldown"),
+)
+
+# One row per time a rule's condition held; at most one open row per rule.
+health_incidents = Table(
+    "health_incidents",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column(
+        "rule_id",
+        BigInteger,
+        ForeignKey("health_alert_rules.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("opened_at", DateTime(timezone=True), nullable=False),
+    # Last time any proxy worker saw the condition hold.
+    Column("last_seen_at", DateTime(timezone=True), nullable=False),
+    Column("resolved_at", DateTime(timezone=True)),
+    # Set when the incident's message was sent; NULL when a cool-down held it back.
+    Column("notified_at", DateTime(timezone=True)),
+    Column("value", Numeric(20, 6), nullable=False),
+    # host:pid of the worker that opened the incident.
+    Column("source", String(200), nullable=False),
+)
+Index(
+    "uq_health_incidents_open",
+    health_incidents.c.rule_id,
+    unique=True,
+    postgresql_where=health_incidents.c.resolved_at.is_(None),
+)
+Index("ix_health_incidents_rule_opened", health_incidents.c.rule_id, health_incidents.c.opened_at)
 
 budget_alerts_sent = Table(
     "budget_alerts_sent",

@@ -150,7 +150,7 @@ def render_rows(count: int, rows: pd.DataFrame) -> None:
 
 settings = Settings.from_env()
 st.title("Usage explorer")
-url = settings.database_url
+url = settings.analytics_database_url
 
 try:
     organizations = load_organizations(url)

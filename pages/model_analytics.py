@@ -165,7 +165,7 @@ def render_charts(stats: pd.DataFrame) -> None:
 
 settings = Settings.from_env()
 st.title("Model analytics")
-url = settings.database_url
+url = settings.analytics_database_url
 
 try:
     organizations = load_organizations(url)

@@ -187,7 +187,7 @@ settings = Settings.from_env()
 st.title("Overview")
 
 try:
-    organizations = load_organizations(settings.database_url)
+    organizations = load_organizations(settings.analytics_database_url)
 except SQLAlchemyError as error:
     logger.error("reading organizations failed: %s", error)
     st.error("Cannot read from Postgres. Check that the database is running, then reload.")
@@ -214,7 +214,7 @@ now = datetime.now(UTC)
 current_range, previous_range = period_range(period, now, organization.timezone)
 today_range, _ = period_range("today", now, organization.timezone)
 
-url = settings.database_url
+url = settings.analytics_database_url
 try:
     with st.spinner("Loading usage…"):
         current = load_totals(url, scope, current_range)

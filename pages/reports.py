@@ -122,7 +122,7 @@ def render_summary(summary: pd.DataFrame) -> None:
 
 settings = Settings.from_env()
 st.title("Research reports")
-url = settings.database_url
+url = settings.analytics_database_url
 
 try:
     with engine_for(url).connect() as conn:

@@ -164,7 +164,7 @@ def budget_table(statuses: list[budgets.BudgetStatus], unit: str) -> None:
 
 settings = Settings.from_env()
 st.title("Team spend")
-url = settings.database_url
+url = settings.analytics_database_url
 
 try:
     with engine_for(url).connect() as conn:

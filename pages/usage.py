@@ -170,7 +170,7 @@ settings = Settings.from_env()
 st.title("Usage")
 
 today = datetime.now(UTC).date()
-teams = load_teams(settings.database_url)
+teams = load_teams(settings.analytics_database_url)
 team_names = {team.id: team.name for team in teams}
 dates_column, team_column, bucket_column = st.columns([2, 2, 1])
 dates = dates_column.date_input(
@@ -192,10 +192,10 @@ if not isinstance(dates, tuple) or len(dates) != 2:
 
 start, end = day_range(*dates)
 try:
-    over_time = load_usage_over_time(settings.database_url, start, end, bucket, team_id)
-    rows = load_usage_rows(settings.database_url, start, end, team_id)
+    over_time = load_usage_over_time(settings.analytics_database_url, start, end, bucket, team_id)
+    rows = load_usage_rows(settings.analytics_database_url, start, end, team_id)
 except duckdb.Error as error:
-    message = analytics.redact_password(str(error), settings.database_url)
+    message = analytics.redact_password(str(error), settings.analytics_database_url)
     logger.error("usage query failed: %s", message)
     st.error(f"Could not read usage from Postgres: {message}")
     st.stop()

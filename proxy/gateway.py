@@ -22,7 +22,9 @@ from proxy.admission import max_cost
 from proxy.auth import KeyVerifier
 from proxy.budget_alerts import BudgetAlerter
 from proxy.context import CallContext
+from proxy.health_monitor import HealthMonitor
 from proxy.metrics import observe
+from proxy.partitions import PartitionKeeper
 from proxy.privacy_cache import PrivacyCache
 from proxy.providers import ProviderRegistry, Route
 from proxy.ratelimit import RateLimitConfigCache, RateLimiter, create_backend
@@ -52,6 +54,8 @@ class Gateway:
     rate_limit_config: RateLimitConfigCache
     alerter: BudgetAlerter
     privacy: PrivacyCache
+    partitions: PartitionKeeper
+    health: HealthMonitor
     # Delivers queued emails; None when GATEWAYZ_SMTP_HOST is unset.
     email_sender: OutboxSender | None = None
     # Release calls still running, kept so they are not garbage-collected.
@@ -109,6 +113,11 @@ class Gateway:
         await rate_limit_config.refresh()
         rate_limit_config.start()
         limiter = RateLimiter(rate_limit_config, create_backend(settings.redis_url, pool))
+        partitions = PartitionKeeper(pool)
+        partitions.start()
+        breaker = CircuitBreaker(settings.circuit_failures, settings.circuit_cooldown)
+        health = HealthMonitor(settings, breaker, recorder.spooled_rows)
+        health.start()
         logger.info("proxy worker started with providers: %s", ", ".join(registry.configured()))
         return cls(
             settings,
@@ -118,13 +127,15 @@ class Gateway:
             registry,
             recorder,
             catalog,
-            CircuitBreaker(settings.circuit_failures, settings.circuit_cooldown),
+            breaker,
             RetryPolicy(max_retries=settings.upstream_max_retries),
             spend,
             limiter,
             rate_limit_config,
             alerter,
             PrivacyCache(pool, refresh_interval=settings.provider_refresh_interval),
+            partitions,
+            health,
             email_sender,
         )
 
@@ -146,6 +157,8 @@ class Gateway:
     async def stop(self) -> None:
         await self.verifier.stop_listener()
         await self.registry.stop()
+        await self.partitions.stop()
+        await self.health.stop()
         if self.background:
             await asyncio.gather(*self.background, return_exceptions=True)
         await self.rate_limit_config.stop()

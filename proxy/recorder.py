@@ -1,8 +1,9 @@
 """Usage recorder: writes one row per call to Postgres, off the request path.
 
 Rows are buffered in memory and written in batches with COPY into a
-temporary table followed by INSERT ... ON CONFLICT (request_id) DO NOTHING,
-so a batch retried after a lost connection never writes a row twice.
+temporary table followed by one INSERT that first claims each request id in
+usage_request_ids (ON CONFLICT DO NOTHING), so a batch retried after a lost
+connection or replayed from the spool never writes a row twice.
 When the buffer holds `max_pending` rows, `wait_for_capacity` makes new
 requests wait: a slow database slows intake instead of dropping rows.
 """
@@ -76,9 +77,21 @@ _CREATE_STAGING = (
     "(LIKE usage_events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
 )
 _COPY = f"COPY usage_staging ({_COLUMN_LIST}) FROM STDIN"
+# usage_events is partitioned by month, so it cannot hold a unique key on
+# request_id alone; usage_request_ids does. Only rows whose request id this
+# statement adds there are inserted, so a row replayed from the spool or a
+# retried batch is skipped, whatever partition it belongs to. Ids are added
+# in sorted order so concurrent writers lock them in the same order.
 _MERGE = (
-    f"INSERT INTO usage_events ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM usage_staging "
-    "ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
+    "WITH claimed AS ("
+    "INSERT INTO usage_request_ids (request_id, created_at) "
+    "SELECT request_id, min(created_at) FROM usage_staging "
+    "GROUP BY request_id ORDER BY request_id "
+    "ON CONFLICT (request_id) DO NOTHING RETURNING request_id) "
+    f"INSERT INTO usage_events ({_COLUMN_LIST}) "
+    f"SELECT DISTINCT ON (s.request_id) {', '.join(f's.{c}' for c in COLUMNS)} "
+    "FROM usage_staging AS s JOIN claimed USING (request_id) ORDER BY s.request_id "
+    "RETURNING request_id"
 )
 _ADD_SPEND = (
     "INSERT INTO budget_spend (budget_id, period_start, spent) VALUES (%s, %s, %s) "

@@ -64,6 +64,10 @@ class CircuitBreaker:
             return True
         return False
 
+    def open_providers(self) -> frozenset[str]:
+        now = time.monotonic()
+        return frozenset(name for name, until in self._open_until.items() if now < until)
+
     def is_open(self, provider: str) -> bool:
         until = self._open_until.get(provider)
         return until is not None and time.monotonic() < until

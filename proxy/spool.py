@@ -3,7 +3,8 @@
 Rows are appended as JSON lines and fsynced per batch, so a crash after
 `append` returns loses nothing. Files are replayed, oldest first, when the
 database accepts connections again. Replay goes through the recorder's normal write,
-whose ON CONFLICT (request_id) makes a row replayed twice count once.
+which skips a row whose request id is already in usage_request_ids, so a row
+replayed twice counts once.
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from gateway_core import (
     audit,
     audit_search,
     directory,
+    health_rules,
     keys,
     keys_admin,
     limits_admin,
@@ -252,6 +253,24 @@ GATED_ACTIONS = {
     "set_signup_enabled": GatedAction("signup.manage", "signup.set_enabled", toggle_signup),
     "approve_live_keys": GatedAction(
         "signup.manage", "organizations.approve_live_keys", approve_after_withdrawal
+    ),
+    "save_health_rule": GatedAction(
+        "alerts.manage",
+        "health_rule.create",
+        lambda conn, actor, ids: health_rules.save_rule(
+            conn,
+            actor,
+            organization_id=conn.execute(
+                select(teams.c.organization_id).where(teams.c.id == ids["team"])
+            ).scalar_one(),
+            name="errors",
+            kind="error_rate",
+            provider=None,
+            threshold="0.2",
+            window_seconds=300,
+            min_requests=10,
+            cooldown_seconds=900,
+        ),
     ),
 }
 

@@ -188,6 +188,7 @@ def test_sign_in_shows_navigation(cookies, engine: Engine) -> None:
             "audit",
             "compare",
             "sessions",
+            "health_alerts",
             *ANALYTICS_PAGES,
         }
     )
@@ -296,6 +297,7 @@ def test_cookie_signs_in(cookies, engine: Engine) -> None:
             "audit",
             "compare",
             "sessions",
+            "health_alerts",
             *ANALYTICS_PAGES,
         }
     )

@@ -1,7 +1,7 @@
 """add rate limit slot leases
 
 Revision ID: 0020
-Revises: 0015
+Revises: 0018
 Create Date: 2026-12-04
 
 Concurrency slots that proxy processes lease per scope when rate limits are
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0020"
-down_revision: str | Sequence[str] | None = "0015"
+down_revision: str | Sequence[str] | None = "0018"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
