@@ -360,7 +360,12 @@ def format_report(
     for mode in MODES:
         for name in names:
             median, p95 = results.median_ms(name, mode), results.p95_ms(name, mode)
-            lines.append(f"{name:<17}{mode:<8}{median:>9.2f}{p95:>9.2f}")
+            row = f"{name:<17}{mode:<8}{median:>9.2f}{p95:>9.2f}"
+            # A slow target reaches the run's time bound before the request count.
+            completed = min(run.completed for run in results.latency[(name, mode)])
+            if completed < args.requests:
+                row += f"  (time bound reached after {completed} requests)"
+            lines.append(row)
 
     lines += ["", f"Throughput, requests/s ({args.duration:g} s per point{rounds})"]
     header = "".join(f"{f'{count} clients':>13}" for count in CONCURRENCY)

@@ -140,5 +140,7 @@ def test_report_with_litellm(tmp_path: Path) -> None:
     # 1000 / 50 and 800 / 50 requests/s.
     assert "json: Gatewayz throughput as a multiple of LiteLLM's: 20.0x at 16 clients" in report
     assert "stream: Gatewayz with limits throughput as a multiple of LiteLLM's: 16.0x" in report
+    # Each fake latency run completed one request of the 100 requested.
+    assert "(time bound reached after 1 requests)" in report
     # Latencies of 20 ms and 1 ms against 0.1 ms direct.
     assert "json: median added latency over direct: LiteLLM +19.90 ms, Gatewayz +0.90 ms" in report
