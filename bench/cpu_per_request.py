@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupt_on_sigterm)
     with ExitStack() as stack:
         log_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gatewayz-cpu-")))
-        _, targets = start_stack(args, stack, log_dir)
+        _, targets, _ = start_stack(args, stack, log_dir)
         load = LoadGenerator(log_dir)
         measured = [t for t in targets if t.pid is not None]
         print(f"CPU time per request, {args.requests} requests at {args.clients} clients")

@@ -3,15 +3,18 @@
 Three servers run as separate uvicorn processes with one worker each: the
 fake upstream (bench/upstream.py), a bare pass-through proxy on the same
 stack as Gatewayz (bench/passthrough.py) and Gatewayz itself, with a fresh
-Postgres database that is dropped at the end. The same request is sent to
-each of them directly, non-streaming ("json") and streaming ("stream"):
+Postgres database that is dropped at the end. When a LiteLLM executable is
+found (bench/litellm_proxy.py), LiteLLM's proxy on the same upstream is a
+fourth server. The same request is sent to each of them directly,
+non-streaming ("json") and streaming ("stream"):
 
 - latency: median and p95 at 1 client over `--requests` requests,
 - throughput: requests/s at 16 and 64 concurrent clients for `--duration` s.
 
 `--rounds N` repeats every measurement and reports the median. Afterwards
 it checks that Gatewayz wrote exactly one usage_events row per request it
-was sent. Usage: `python -m bench.proxy_overhead [--quick] [--rounds N]`.
+was sent. Usage:
+`python -m bench.proxy_overhead [--quick] [--rounds N] [--litellm PATH]`.
 """
 
 from __future__ import annotations
@@ -34,10 +37,14 @@ from types import FrameType
 
 import orjson
 
+from bench.litellm_proxy import VENV_ENV, LiteLLMProxy, locate_litellm, start_litellm
 from bench.load import LoadGenerator, LoadResult, LoadSpec
 from bench.stack import DEFAULT_POSTGRES, BenchDatabase, Server
 
 TARGETS = ("direct", "pass-through", "gatewayz", "gatewayz+limits")
+# Measured after TARGETS when a LiteLLM executable is found.
+LITELLM_TARGET = "litellm"
+MODEL = "bench/any"
 MODES = ("json", "stream")
 CONCURRENCY = (16, 64)
 CHAT_PATH = "/v1/chat/completions"
@@ -103,7 +110,7 @@ class UsageCheck:
 
 def request_body(mode: str) -> bytes:
     body: dict[str, object] = {
-        "model": "bench/any",
+        "model": MODEL,
         "messages": [{"role": "user", "content": "Say hello in one short sentence."}],
         "max_tokens": 32,
     }
@@ -152,7 +159,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--access-log",
         action="store_true",
-        help="keep uvicorn's access log on in all three servers, as `make run` does",
+        help="keep uvicorn's access log on in the upstream, pass-through and Gatewayz "
+        "servers, as `make run` does (LiteLLM's stays off)",
+    )
+    litellm = parser.add_mutually_exclusive_group()
+    litellm.add_argument(
+        "--litellm",
+        metavar="PATH",
+        help="LiteLLM's `litellm` executable, measured as one more target (default: "
+        f"$LITELLM_VENV/bin/litellm when {VENV_ENV} is set, else `litellm` on the PATH)",
+    )
+    litellm.add_argument(
+        "--no-litellm", action="store_true", help="do not measure LiteLLM even when it is found"
     )
     args = parser.parse_args(argv)
 
@@ -162,13 +180,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--duration, --requests and --rounds must be positive")
     if args.chunks < 0:
         parser.error(f"--chunks must be 0 or more, got {args.chunks}")
+
+    # args.litellm becomes the executable to measure, or None with the reason.
+    args.litellm_skipped = None
+    if args.no_litellm:
+        args.litellm, args.litellm_skipped = None, "--no-litellm was given"
+    else:
+        try:
+            args.litellm = locate_litellm(args.litellm)
+        except ValueError as exc:
+            parser.error(str(exc))
+        if args.litellm is None:
+            args.litellm_skipped = (
+                f"no `litellm` executable on the PATH and {VENV_ENV} is not set; "
+                "pass --litellm PATH"
+            )
     return args
 
 
 def start_stack(
-    args: argparse.Namespace, stack: ExitStack, log_dir: Path
-) -> tuple[BenchDatabase, list[Target]]:
-    """Start the database and the three servers, and register their shutdown on `stack`."""
+    args: argparse.Namespace, stack: ExitStack, log_dir: Path, litellm: Path | None = None
+) -> tuple[BenchDatabase, list[Target], LiteLLMProxy | None]:
+    """Start the database and the servers, and register their shutdown on `stack`.
+
+    LiteLLM's proxy is started only when `litellm`, its executable, is given.
+    """
     database = BenchDatabase(args.postgres)
     stack.callback(database.drop)
 
@@ -201,6 +237,11 @@ def start_stack(
     )
     stack.callback(gatewayz.stop)
 
+    litellm_proxy = None
+    if litellm is not None:
+        litellm_proxy = start_litellm(litellm, MODEL, upstream.base_url + "/v1", log_dir)
+        stack.callback(litellm_proxy.server.stop)
+
     upstream.wait_ready("/health")
     passthrough.wait_ready("/health")
     gatewayz.wait_ready("/health/live")
@@ -213,7 +254,13 @@ def start_stack(
             "gatewayz+limits", gatewayz.base_url + CHAT_PATH, limited_token, gatewayz.process.pid
         ),
     ]
-    return database, targets
+    if litellm_proxy is not None:
+        progress("waiting for LiteLLM's proxy to start")
+        litellm_proxy.wait_ready()
+        server = litellm_proxy.server
+        url = server.base_url + CHAT_PATH
+        targets.append(Target(LITELLM_TARGET, url, litellm_proxy.master_key, server.process.pid))
+    return database, targets, litellm_proxy
 
 
 def measure(args: argparse.Namespace, targets: list[Target], load: LoadGenerator) -> Results:
@@ -286,29 +333,45 @@ def machine_description() -> str:
     return f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}"
 
 
-def format_report(args: argparse.Namespace, results: Results, load: LoadGenerator) -> str:
+def format_report(
+    args: argparse.Namespace,
+    results: Results,
+    load: LoadGenerator,
+    litellm: LiteLLMProxy | None = None,
+) -> str:
     today = datetime.date.today().isoformat()
     rounds = f", median of {args.rounds} rounds" if args.rounds > 1 else ""
+    names = TARGETS if litellm is None else (*TARGETS, LITELLM_TARGET)
+    if litellm is None:
+        litellm_line = f"LiteLLM: not measured, because {args.litellm_skipped}"
+    else:
+        litellm_line = f"litellm: {litellm.description}"
     lines = [
         "",
         f"Proxy overhead benchmark, {today}",
         f"machine: {machine_description()}",
         f"load generator: {load.description}",
         f"upstream: {args.chunks} content chunks per stream; one uvicorn worker per server",
+        litellm_line,
         "",
         f"Latency at 1 client, ms ({args.requests} requests per row{rounds})",
         f"{'target':<17}{'mode':<8}{'median':>9}{'p95':>9}",
     ]
     for mode in MODES:
-        for name in TARGETS:
+        for name in names:
             median, p95 = results.median_ms(name, mode), results.p95_ms(name, mode)
-            lines.append(f"{name:<17}{mode:<8}{median:>9.2f}{p95:>9.2f}")
+            row = f"{name:<17}{mode:<8}{median:>9.2f}{p95:>9.2f}"
+            # A slow target reaches the run's time bound before the request count.
+            completed = min(run.completed for run in results.latency[(name, mode)])
+            if completed < args.requests:
+                row += f"  (time bound reached after {completed} requests)"
+            lines.append(row)
 
     lines += ["", f"Throughput, requests/s ({args.duration:g} s per point{rounds})"]
     header = "".join(f"{f'{count} clients':>13}" for count in CONCURRENCY)
     lines.append(f"{'target':<17}{'mode':<8}{header}")
     for mode in MODES:
-        for name in TARGETS:
+        for name in names:
             cells = "".join(
                 f"{results.requests_per_second(name, mode, count):>13.0f}" for count in CONCURRENCY
             )
@@ -342,7 +405,35 @@ def format_report(args: argparse.Namespace, results: Results, load: LoadGenerato
             f"{mode}: throughput with budgets, credits and rate limits on, as % of off: "
             + ", ".join(shares)
         )
+    if litellm is not None:
+        lines += litellm_ratios(results)
     return "\n".join(lines)
+
+
+def litellm_ratios(results: Results) -> list[str]:
+    """Compare Gatewayz, with and without limits, to LiteLLM's proxy."""
+    lines = []
+    for mode in MODES:
+        direct = results.median_ms("direct", mode)
+        litellm = results.median_ms(LITELLM_TARGET, mode) - direct
+        gatewayz = results.median_ms("gatewayz", mode) - direct
+        limited = results.median_ms("gatewayz+limits", mode) - direct
+        lines.append(
+            f"{mode}: median added latency over direct: LiteLLM {litellm:+.2f} ms, "
+            f"Gatewayz {gatewayz:+.2f} ms, Gatewayz with limits {limited:+.2f} ms"
+        )
+    for mode in MODES:
+        for name, label in (("gatewayz", "Gatewayz"), ("gatewayz+limits", "Gatewayz with limits")):
+            multiples = []
+            for count in CONCURRENCY:
+                litellm_rate = results.requests_per_second(LITELLM_TARGET, mode, count)
+                rate = results.requests_per_second(name, mode, count)
+                multiple = f"{rate / litellm_rate:.1f}x" if litellm_rate else "n/a"
+                multiples.append(f"{multiple} at {count} clients")
+            lines.append(
+                f"{mode}: {label} throughput as a multiple of LiteLLM's: {', '.join(multiples)}"
+            )
+    return lines
 
 
 def format_usage_check(check: UsageCheck) -> str:
@@ -372,10 +463,10 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gatewayz-bench-")))
         load = LoadGenerator(workdir)
         progress(f"load generator: {load.description}")
-        database, targets = start_stack(args, stack, workdir)
+        database, targets, litellm = start_stack(args, stack, workdir, args.litellm)
         results = measure(args, targets, load)
         check = check_usage(database, results.gatewayz_runs)
-        print(format_report(args, results, load))
+        print(format_report(args, results, load, litellm))
         print(format_usage_check(check))
         if results.failures:
             print("Failed runs (their numbers are not valid):", *results.failures, sep="\n  ")

@@ -1,6 +1,6 @@
 """The processes and the database behind a benchmark run.
 
-Every server is a separate uvicorn process with one worker, started in its
+Every server is a separate process with one uvicorn worker, started in its
 own session so that a Ctrl-C in the terminal reaches only the benchmark,
 which then stops them in order.
 """
@@ -123,40 +123,39 @@ class BenchDatabase:
             conn.execute(sql.SQL(statement).format(sql.Identifier(self.name)))
 
 
-class Server:
-    """One uvicorn process serving an app factory on a free loopback port."""
+class ServerProcess:
+    """A server process on a loopback `port`, with its output in `<log_dir>/<name>.log`.
+
+    `env` is the process's whole environment. The process starts in its own
+    session, so a Ctrl-C in the terminal does not reach it.
+    """
 
     def __init__(
         self,
         name: str,
-        factory: str,
+        port: int,
+        command: list[str],
         env: dict[str, str],
         log_dir: Path,
-        *,
-        access_log: bool = False,
-        wrapper: list[str] | None = None,
+        cwd: Path,
     ) -> None:
         self.name = name
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = log_dir / f"{name}.log"
-        # `wrapper` runs uvicorn under another Python tool, e.g. a profiler.
-        command = [sys.executable, *(wrapper or ["-m"]), "uvicorn", factory, "--factory"]
-        command += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
-        if not access_log:
-            command.append("--no-access-log")
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             command,
-            cwd=PROJECT_ROOT,
-            env={**os.environ, **env},
+            cwd=cwd,
+            env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
-    def wait_ready(self, path: str) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
+    def wait_ready(self, path: str, timeout: float = READY_TIMEOUT) -> None:
+        """Poll `GET path` until it returns 200; raise RuntimeError after `timeout` s."""
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
@@ -170,7 +169,7 @@ class Server:
                 pass
             time.sleep(0.1)
         raise RuntimeError(
-            f"{self.name} did not return 200 for GET {path} within {READY_TIMEOUT:.0f} s; "
+            f"{self.name} did not return 200 for GET {path} within {timeout:.0f} s; "
             f"its log {self.log_path} ends with:\n{self.log_tail()}"
         )
 
@@ -190,3 +189,25 @@ class Server:
             self._log.flush()
         text = self.log_path.read_text(errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+
+class Server(ServerProcess):
+    """One uvicorn process serving an app factory on a free loopback port."""
+
+    def __init__(
+        self,
+        name: str,
+        factory: str,
+        env: dict[str, str],
+        log_dir: Path,
+        *,
+        access_log: bool = False,
+        wrapper: list[str] | None = None,
+    ) -> None:
+        port = free_port()
+        # `wrapper` runs uvicorn under another Python tool, e.g. a profiler.
+        command = [sys.executable, *(wrapper or ["-m"]), "uvicorn", factory, "--factory"]
+        command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+        if not access_log:
+            command.append("--no-access-log")
+        super().__init__(name, port, command, {**os.environ, **env}, log_dir, PROJECT_ROOT)
