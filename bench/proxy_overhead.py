@@ -36,6 +36,7 @@ import orjson
 
 from bench.load import LoadGenerator, LoadResult, LoadSpec
 from bench.stack import DEFAULT_POSTGRES, BenchDatabase, Server
+from gateway_core.launcher import PROXY_SERVER_OPTIONS
 
 TARGETS = ("direct", "pass-through", "gatewayz", "gatewayz+limits")
 MODES = ("json", "stream")
@@ -196,6 +197,7 @@ def start_stack(
         {"DATABASE_URL": database.url, "GATEWAYZ_SECRET": secret},
         log_dir,
         access_log=args.access_log,
+        options=PROXY_SERVER_OPTIONS,
     )
     stack.callback(gatewayz.stop)
 

@@ -1,6 +1,6 @@
 """The processes and the database behind a benchmark run.
 
-Every server is a separate uvicorn process with one worker, started in its
+Every server is a separate uvicorn process (one worker unless asked), started in its
 own session so that a Ctrl-C in the terminal reaches only the benchmark,
 which then stops them in order.
 """
@@ -135,6 +135,8 @@ class Server:
         *,
         access_log: bool = False,
         wrapper: list[str] | None = None,
+        options: tuple[str, ...] = (),
+        workers: int = 1,
     ) -> None:
         self.name = name
         self.port = free_port()
@@ -143,6 +145,7 @@ class Server:
         # `wrapper` runs uvicorn under another Python tool, e.g. a profiler.
         command = [sys.executable, *(wrapper or ["-m"]), "uvicorn", factory, "--factory"]
         command += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
+        command += [*options, "--workers", str(workers)]
         if not access_log:
             command.append("--no-access-log")
         self._log = self.log_path.open("wb")
