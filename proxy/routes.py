@@ -370,6 +370,7 @@ async def handle_call(request: Request, api: Endpoint) -> Response:
     gateway = gateway_of(request)
     ctx = CallContext(endpoint=api.name)
     streaming = False
+    gateway.calls_in_flight += 1
     try:
         ctx.identity = await authenticate(request, gateway, ctx)
         body, size = await read_json_object(request, gateway.settings.max_body_bytes)
@@ -436,6 +437,7 @@ async def handle_call(request: Request, api: Endpoint) -> Response:
     finally:
         if not streaming:
             gateway.record(ctx)
+            gateway.calls_in_flight -= 1
 
 
 def complete(

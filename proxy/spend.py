@@ -146,6 +146,8 @@ class SpendGuard:
         self._leases: dict[str, LeaseState] = {}
         self._task: asyncio.Task[None] | None = None
         self._loaded_at = float("-inf")
+        # Reservations made and not yet settled, for the metrics gauge.
+        self.open_reservations = 0
 
     async def start(self) -> None:
         await self.refresh()
@@ -233,6 +235,7 @@ class SpendGuard:
             for limit in taken:
                 self._leases[limit.key].reserved -= amount
             raise
+        self.open_reservations += 1
         return Reservation(tuple(limits), amount)
 
     def settle(self, reservation: Reservation, cost: Decimal) -> None:
@@ -240,6 +243,7 @@ class SpendGuard:
         if reservation.settled:
             return
         reservation.settled = True
+        self.open_reservations -= 1
         if cost > reservation.amount:
             logger.warning(
                 "call cost $%s exceeded its reservation of $%s", cost, reservation.amount
