@@ -121,9 +121,8 @@ class Soak:
         self.runs: list[LoadResult] = []
         self.failures: list[str] = []
 
-    def send(self, total: int, process: psutil.Process) -> list[tuple[int, int]]:
-        """Send `total` requests; return (requests so far, RSS in bytes) after each run."""
-        samples = []
+    def send(self, total: int, process: psutil.Process, samples: list[tuple[int, int]]) -> None:
+        """Send `total` requests; append (requests so far, RSS in bytes) after each run."""
         sent = 0
         while sent < total:
             count = min(self.args.segment, total - sent)
@@ -147,7 +146,6 @@ class Soak:
                 f"  {sent:>9,} requests, {result.requests_per_second:6.0f} req/s ({mode}), "
                 f"RSS {samples[-1][1] / MIB:.1f} MiB"
             )
-        return samples
 
 
 def format_report(
@@ -199,19 +197,32 @@ def main(argv: list[str] | None = None) -> int:
         process = psutil.Process(gatewayz.process.pid)
         soak = Soak(load, gatewayz.base_url + CHAT_PATH, token, args)
         progress(f"warm-up: {args.warmup:,} requests")
-        soak.send(args.warmup, process)
+        soak.send(args.warmup, process, [])
         start_rss = process.memory_info().rss
         progress(f"soak: {args.requests:,} requests")
         started = time.monotonic()
-        samples = soak.send(args.requests, process)
+        samples: list[tuple[int, int]] = []
+        interrupted = False
+        try:
+            soak.send(args.requests, process, samples)
+        except KeyboardInterrupt:
+            # Report the runs that finished; the servers stay up until the stack closes.
+            if not samples:
+                raise
+            interrupted = True
         elapsed = time.monotonic() - started
-        check = check_usage(database, soak.runs, wait=60.0)
         print(format_report(args, load, start_rss, samples, elapsed))
-        print(format_usage_check(check))
+        if interrupted:
+            # The cut wrk run is not counted, so its usage rows cannot be matched.
+            print(f"Interrupted after {samples[-1][0]:,} requests; usage rows not checked")
+        else:
+            check = check_usage(database, soak.runs, wait=60.0)
+            print(format_usage_check(check))
         if soak.failures:
             print("Runs with errors:", *soak.failures, sep="\n  ")
         growth = (samples[-1][1] - start_rss) / start_rss * 100
-        return 0 if growth < MAX_GROWTH_PERCENT and check.passed and not soak.failures else 1
+        passed = interrupted or check.passed
+        return 0 if growth < MAX_GROWTH_PERCENT and passed and not soak.failures else 1
 
 
 if __name__ == "__main__":

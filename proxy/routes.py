@@ -223,7 +223,8 @@ def validate_chat(body: dict[str, Any]) -> None:
         param = f"messages[{index}]"
         if not isinstance(message, dict):
             raise InvalidRequestError(f"{param} must be an object", param=param)
-        if message.get("role") not in MESSAGE_ROLES:
+        role = message.get("role")
+        if not isinstance(role, str) or role not in MESSAGE_ROLES:
             raise InvalidRequestError(
                 f"{param}.role must be one of {', '.join(sorted(MESSAGE_ROLES))}, "
                 f"got {message.get('role')!r}",

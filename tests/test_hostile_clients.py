@@ -135,8 +135,17 @@ def test_body_over_limit_chunked(proxy: ProxyProcess, key: str) -> None:
         b'{"model": "sandbox/echo", "messages": [{"role": "user", "content": "\xff\xfe"}]}',
         b'{"model": "sandbox/\xc3\x28echo", "messages": []}',
         b'"just a string"',
+        b'{"model": "sandbox/echo", "messages": [{"role": {}, "content": null}]}',
     ],
-    ids=["truncated", "binary", "empty", "invalid-utf8-content", "invalid-utf8-model", "string"],
+    ids=[
+        "truncated",
+        "binary",
+        "empty",
+        "invalid-utf8-content",
+        "invalid-utf8-model",
+        "string",
+        "role-object",
+    ],
 )
 def test_malformed_body_rejected(proxy: ProxyProcess, key: str, body: bytes) -> None:
     status, response = send_and_read(proxy, request_head(key, length=len(body)) + body)
