@@ -103,7 +103,7 @@ ERROR_STATUSES = {
     "503": "no provider available, or the usage recorder is full",
     "504": "the provider timed out",
 }
-# One event of a `stream: true` answer; `data` is a JSON chunk or `[DONE]`.
+# One event of a `stream: true` response; `data` is a JSON chunk or `[DONE]`.
 SERVER_SENT_EVENT = {
     "type": "object",
     "required": ["data"],
@@ -156,7 +156,7 @@ def call(
         "additionalProperties": True,
         "examples": [example],
     }
-    description = "the provider's answer, or server-sent events with `stream: true`"
+    description = "the provider's response, or server-sent events with `stream: true`"
     return {
         "post": {
             "summary": summary,
@@ -211,7 +211,7 @@ def resource_write(summary: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 def build_document() -> dict[str, Any]:
     messages_fields = {"messages": {"type": "array", "minItems": 1, "items": MESSAGE}}
-    # sandbox/echo answers every key without a provider, so examples reach a real answer.
+    # sandbox/echo serves every key without a provider, so the examples get a 200.
     chat_example = {"model": "sandbox/echo", "messages": [{"role": "user", "content": "hi"}]}
     paths = {
         "/v1/chat/completions": call(

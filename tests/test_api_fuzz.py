@@ -24,7 +24,7 @@ from gateway_core import admin_keys, directory, keys
 from tests.conftest import TEST_SECRET
 from tests.support.processes import ProxyProcess
 
-# Examples per operation, so a run takes about a minute on one core.
+# Examples per operation, which bounds the run's length.
 MAX_EXAMPLES = 25
 SEED = 20261204
 CHECKS = (
