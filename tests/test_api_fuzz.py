@@ -79,7 +79,10 @@ def run_schemathesis(
         "true",
         "--no-color",
     ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    # Run in report_dir, because schemathesis writes a .schemathesis cache folder there.
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=600, check=False, cwd=report_dir
+    )
 
 
 def test_v1_api_has_no_server_errors(proxy: ProxyProcess, engine: Engine, tmp_path: Path) -> None:
