@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: run test lint bench browser-deps
+.PHONY: run test lint bench bench-soak bench-scaling browser-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,3 +29,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	command -v wrk >/dev/null || (apt-get install -y -qq wrk >/dev/null 2>&1 || true)
 	$(BIN)/python -m bench.proxy_overhead
+
+# One Gatewayz worker under 1,000,000 requests; prints RSS growth after warm-up.
+bench-soak: $(STAMP)
+	$(BIN)/python -m bench.memory_soak
+
+# Throughput with 1 up to the CPU count of uvicorn workers, and the ratio to one.
+bench-scaling: $(STAMP)
+	$(BIN)/python -m bench.worker_scaling

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from bench.load import LoadGenerator, LoadResult, LoadSpec
 from bench.proxy_overhead import CHAT_PATH, MODES, interrupt_on_sigterm, progress, request_body
 from bench.stack import DEFAULT_POSTGRES, BenchDatabase, Server
+from gateway_core.launcher import PROXY_SERVER_OPTIONS
 
 if TYPE_CHECKING:
     from pyinstrument.frame import Frame
@@ -188,7 +189,14 @@ def start_profiled(
     if args.limits:
         token = limited_token
     env = {"DATABASE_URL": database.url, "GATEWAYZ_SECRET": secret}
-    server = Server("gatewayz", "proxy.app:create_app", env, workdir, wrapper=profiler)
+    server = Server(
+        "gatewayz",
+        "proxy.app:create_app",
+        env,
+        workdir,
+        wrapper=profiler,
+        options=PROXY_SERVER_OPTIONS,
+    )
     stack.callback(server.stop)
     server.wait_ready("/health/live")
     return server, token

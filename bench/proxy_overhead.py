@@ -40,6 +40,7 @@ import orjson
 from bench.litellm_proxy import VENV_ENV, LiteLLMProxy, locate_litellm, start_litellm
 from bench.load import LoadGenerator, LoadResult, LoadSpec
 from bench.stack import DEFAULT_POSTGRES, BenchDatabase, Server
+from gateway_core.launcher import PROXY_SERVER_OPTIONS
 
 TARGETS = ("direct", "pass-through", "gatewayz", "gatewayz+limits")
 # Measured after TARGETS when a LiteLLM executable is found.
@@ -234,6 +235,7 @@ def start_stack(
         {"DATABASE_URL": database.url, "GATEWAYZ_SECRET": secret},
         log_dir,
         access_log=args.access_log,
+        options=PROXY_SERVER_OPTIONS,
     )
     stack.callback(gatewayz.stop)
 

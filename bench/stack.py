@@ -1,6 +1,6 @@
 """The processes and the database behind a benchmark run.
 
-Every server is a separate process with one uvicorn worker, started in its
+Every server is a separate process (one uvicorn worker unless asked), started in its
 own session so that a Ctrl-C in the terminal reaches only the benchmark,
 which then stops them in order.
 """
@@ -203,11 +203,14 @@ class Server(ServerProcess):
         *,
         access_log: bool = False,
         wrapper: list[str] | None = None,
+        options: tuple[str, ...] = (),
+        workers: int = 1,
     ) -> None:
         port = free_port()
         # `wrapper` runs uvicorn under another Python tool, e.g. a profiler.
         command = [sys.executable, *(wrapper or ["-m"]), "uvicorn", factory, "--factory"]
         command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+        command += [*options, "--workers", str(workers)]
         if not access_log:
             command.append("--no-access-log")
         super().__init__(name, port, command, {**os.environ, **env}, log_dir, PROJECT_ROOT)

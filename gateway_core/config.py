@@ -126,6 +126,29 @@ class Settings:
         )
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """Limits on how a client sends a request, applied by the proxy's HTTP protocol."""
+
+    # Bytes of request line and headers; a larger head gets 431.
+    max_head_bytes: int = 64 * 1024
+    # Seconds from connection open, or from the end of the previous response,
+    # to the end of the request headers; a slower head gets 408.
+    head_timeout: float = 20.0
+    # Seconds from the end of the headers to the end of the body. A slower
+    # body gets 408, or the connection is closed if a response has started.
+    body_timeout: float = 60.0
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> ConnectionLimits:
+        env = os.environ if environ is None else environ
+        return cls(
+            max_head_bytes=int(env.get("GATEWAYZ_MAX_HEADER_BYTES", str(64 * 1024))),
+            head_timeout=float(env.get("GATEWAYZ_HEADER_TIMEOUT", "20")),
+            body_timeout=float(env.get("GATEWAYZ_BODY_TIMEOUT", "60")),
+        )
+
+
 def parse_trusted_proxies(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
     networks = []
     for part in text.split(","):

@@ -33,6 +33,15 @@ from gateway_core.directory import ensure_first_admin
 logger = logging.getLogger("gatewayz.launcher")
 
 DATABASE_NAME = "gatewayz"
+# uvicorn options every proxy process runs with. --no-proxy-headers: the
+# proxy applies GATEWAYZ_TRUSTED_PROXIES itself, and uvicorn's default would
+# believe X-Forwarded-For from any local process. --http: the protocol that
+# bounds the request head's size and the head and body read times.
+PROXY_SERVER_OPTIONS = (
+    "--no-proxy-headers",
+    "--http",
+    "proxy.http_protocol:GuardedHttpToolsProtocol",
+)
 
 
 def data_dir() -> Path:
@@ -163,10 +172,8 @@ def run(start_app: bool = True) -> int:
         password = ensure_first_admin(conn)
 
     python = sys.executable
-    # --no-proxy-headers: the proxy applies GATEWAYZ_TRUSTED_PROXIES itself;
-    # uvicorn's default would believe X-Forwarded-For from any local process.
     proxy_command = [python, "-m", "uvicorn", "proxy.app:create_app", "--factory"]
-    proxy_command += ["--no-proxy-headers"]
+    proxy_command += PROXY_SERVER_OPTIONS
     proxy_command += ["--host", settings.proxy_host, "--port", str(settings.proxy_port)]
     processes = [spawn(proxy_command, env)]
     stopping = False

@@ -19,6 +19,7 @@ from proxy.context import CallContext
 from proxy.gateway import Gateway
 from proxy.key_info import key_info
 from proxy.metrics import metrics_endpoint
+from proxy.openapi import openapi_document
 from proxy.providers.base import ENDPOINT_PATHS
 from proxy.responses import JSONResponse, error_response
 
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/billing/stripe/webhook", billing_webhook.stripe_webhook, methods=["POST"]),
             Route("/health/ready", health_ready, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
+            Route("/openapi.json", openapi_document, methods=["GET"]),
             Mount("/admin", app=admin_api.create_admin_app(settings)),
         ],
         exception_handlers={HTTPException: http_error},

@@ -60,6 +60,8 @@ class Gateway:
     email_sender: OutboxSender | None = None
     # Release calls still running, kept so they are not garbage-collected.
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    # Calls in `handle_call` whose usage row is not yet recorded.
+    calls_in_flight: int = 0
 
     @classmethod
     async def start(cls, settings: Settings) -> Gateway:
@@ -193,6 +195,7 @@ class Gateway:
         ctx.usage = usage
         ctx.cost = self.cost(route, usage)
         self.record(ctx)
+        self.calls_in_flight -= 1
 
     def record(self, ctx: CallContext) -> None:
         """Settle the call's reservation and limits and queue its usage row; once per call."""

@@ -8,6 +8,7 @@ values of every uvicorn worker; without it, each worker reports its own.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Any
@@ -56,6 +57,24 @@ QUEUE_DEPTH = Gauge(
 )
 SPOOL_ROWS = Gauge(
     "gatewayz_spool_rows", "Usage rows spooled on disk for replay", multiprocess_mode="livesum"
+)
+CALLS_IN_FLIGHT = Gauge(
+    "gatewayz_inflight_requests",
+    "API calls started and not yet recorded",
+    multiprocess_mode="livesum",
+)
+ASYNCIO_TASKS = Gauge(
+    "gatewayz_asyncio_tasks", "asyncio tasks alive in the event loop", multiprocess_mode="livesum"
+)
+OPEN_RESERVATIONS = Gauge(
+    "gatewayz_open_reservations",
+    "Spend reservations made and not yet settled",
+    multiprocess_mode="livesum",
+)
+OPEN_RATE_TICKETS = Gauge(
+    "gatewayz_open_rate_limit_tickets",
+    "Rate limit tickets (with their concurrency slots) not yet released",
+    multiprocess_mode="livesum",
 )
 
 
@@ -112,6 +131,10 @@ async def metrics_endpoint(request: Request) -> Response:
     gateway = request.app.state.gateway
     QUEUE_DEPTH.set(gateway.recorder.pending)
     SPOOL_ROWS.set(gateway.recorder.spooled_rows())
+    CALLS_IN_FLIGHT.set(gateway.calls_in_flight)
+    ASYNCIO_TASKS.set(len(asyncio.all_tasks()))
+    OPEN_RESERVATIONS.set(gateway.spend.open_reservations)
+    OPEN_RATE_TICKETS.set(gateway.limiter.open_tickets)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)

@@ -780,6 +780,8 @@ class RateLimiter:
         self._retry_at: float | None = None
         self._failures = 0
         self._outage_warning = _RepeatedWarning(warning_interval)
+        # Tickets acquired and not yet released, for the metrics gauge.
+        self.open_tickets = 0
 
     @property
     def degraded(self) -> bool:
@@ -795,10 +797,12 @@ class RateLimiter:
         windows, slots = self._plan(scopes, estimated_tokens, now)
         ticket_id = secrets.token_hex(12)
         if not windows and not slots:
+            self.open_tickets += 1
             return RateLimitTicket(ticket_id, estimated_tokens, (), (), None)
         backend, outcome = await self._acquire(windows, slots, ticket_id, now)
         if not outcome.admitted:
             raise _rejection_error(windows, slots, outcome, now)
+        self.open_tickets += 1
         return RateLimitTicket(
             ticket_id,
             estimated_tokens,
@@ -818,10 +822,12 @@ class RateLimiter:
         tokens are charged to the current window and a surplus is dropped.
         Releasing a ticket twice does nothing.
         """
-        if ticket.released or ticket.backend is None:
-            ticket.released = True
+        if ticket.released:
             return
         ticket.released = True
+        self.open_tickets -= 1
+        if ticket.backend is None:
+            return
         now = self._clock() if now is None else now
         delta = max(actual_tokens, 0) - ticket.estimated_tokens
         corrections = token_corrections(ticket.token_windows, delta, now)

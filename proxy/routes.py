@@ -229,7 +229,8 @@ def validate_chat(body: dict[str, Any]) -> None:
         param = f"messages[{index}]"
         if not isinstance(message, dict):
             raise InvalidRequestError(f"{param} must be an object", param=param)
-        if message.get("role") not in MESSAGE_ROLES:
+        role = message.get("role")
+        if not isinstance(role, str) or role not in MESSAGE_ROLES:
             raise InvalidRequestError(
                 f"{param}.role must be one of {', '.join(sorted(MESSAGE_ROLES))}, "
                 f"got {message.get('role')!r}",
@@ -376,6 +377,7 @@ async def handle_call(request: Request, api: Endpoint) -> Response:
     gateway = gateway_of(request)
     ctx = CallContext(endpoint=api.name)
     streaming = False
+    gateway.calls_in_flight += 1
     try:
         ctx.identity = await authenticate(request, gateway, ctx)
         body, size = await read_json_object(request, gateway.settings.max_body_bytes)
@@ -442,6 +444,7 @@ async def handle_call(request: Request, api: Endpoint) -> Response:
     finally:
         if not streaming:
             gateway.record(ctx)
+            gateway.calls_in_flight -= 1
 
 
 def complete(

@@ -154,6 +154,8 @@ class SpendGuard:
         self._limits_cache: dict[tuple[int, ...], tuple[list[Limit], datetime, datetime]] = {}
         self._task: asyncio.Task[None] | None = None
         self._loaded_at = float("-inf")
+        # Reservations made and not yet settled, for the metrics gauge.
+        self.open_reservations = 0
 
     async def start(self) -> None:
         await self.refresh()
@@ -255,6 +257,7 @@ class SpendGuard:
             for limit in taken:
                 self._leases[limit.key].reserved -= amount
             raise
+        self.open_reservations += 1
         return Reservation(tuple(limits), amount)
 
     def settle(self, reservation: Reservation, cost: Decimal) -> None:
@@ -262,6 +265,7 @@ class SpendGuard:
         if reservation.settled:
             return
         reservation.settled = True
+        self.open_reservations -= 1
         if cost > reservation.amount:
             logger.warning(
                 "call cost $%s exceeded its reservation of $%s", cost, reservation.amount

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 
 from gateway_core.config import PROJECT_ROOT
+from gateway_core.launcher import PROXY_SERVER_OPTIONS
 from tests.support.fake_openai import free_port
 
 
@@ -28,7 +29,7 @@ class ProxyProcess:
             "uvicorn",
             "proxy.app:create_app",
             "--factory",
-            "--no-proxy-headers",
+            *PROXY_SERVER_OPTIONS,
             "--host",
             "127.0.0.1",
             "--port",
