@@ -9,6 +9,13 @@ Filter values are bound as `?` parameters. DuckDB 1.5.5 still pushes the time
 and team filters down into the query it sends to Postgres, as EXPLAIN ANALYZE
 shows on the usage_events scan. Costs stay exact: NUMERIC
 columns arrive as DECIMAL and become `decimal.Decimal` objects in the frames.
+
+The connection turns off postgres_scanner's parallel ctid scan. With it on,
+a table of more than `pg_pages_per_task` pages is read as ctid ranges that
+together cover every page, so Postgres scans the whole table even when the
+pushed-down filters match one day. With it off, each table scan is a single
+`COPY (SELECT ... WHERE <filters>)`, and Postgres uses its indexes on
+`created_at` and `bucket_start`.
 """
 
 from __future__ import annotations
@@ -136,6 +143,8 @@ def connect(database_url: str) -> duckdb.DuckDBPyConnection:
     try:
         con.load_extension(str(postgres_scanner_path()))
         con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET pg_use_ctid_scan = false")
+        con.execute("SET pg_experimental_filter_pushdown = true")
         # ATTACH takes no bound parameters, so the URL goes in as a quoted
         # literal. It comes from the operator's DATABASE_URL, not from users.
         try:
@@ -153,7 +162,7 @@ def connect(database_url: str) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _check_range(start: datetime, end: datetime) -> None:
+def check_range(start: datetime, end: datetime) -> None:
     for name, value in (("start", start), ("end", end)):
         if value.tzinfo is None:
             raise ValueError(
@@ -164,7 +173,7 @@ def _check_range(start: datetime, end: datetime) -> None:
 
 def _filters(start: datetime, end: datetime, team_id: int | str | None) -> tuple[str, list[Any]]:
     """Return the WHERE clause, with `?` placeholders, and the values to bind to them."""
-    _check_range(start, end)
+    check_range(start, end)
     conditions = ["e.created_at >= ?", "e.created_at < ?"]
     params: list[Any] = [start, end]
     if team_id is not None:
@@ -175,7 +184,8 @@ def _filters(start: datetime, end: datetime, team_id: int | str | None) -> tuple
     return " AND ".join(conditions), params
 
 
-def _to_frame(result: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+def to_frame(result: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Return the query result as a frame with Decimal costs and nullable integer columns."""
     # The Arrow path keeps DECIMAL as Decimal objects, whereas DuckDB's own
     # .df() would turn them into float64.
     table = result.to_arrow_table()
@@ -203,7 +213,7 @@ def usage_rows(
         raise ValueError(f"limit must be a positive integer, got {limit!r}")
     where, params = _filters(start, end, team_id)
     result = con.execute(_USAGE_ROWS_SQL.format(where=where), [*params, limit])
-    return _to_frame(result)
+    return to_frame(result)
 
 
 def usage_over_time(
@@ -224,4 +234,4 @@ def usage_over_time(
         raise ValueError(f"bucket must be one of {', '.join(BUCKETS)}, got {bucket!r}")
     where, params = _filters(start, end, team_id)
     sql = _USAGE_OVER_TIME_SQL.format(bucket=_BUCKET_SQL[bucket], where=where)
-    return _to_frame(con.execute(sql, params))
+    return to_frame(con.execute(sql, params))

@@ -12,6 +12,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import duckdb
 import pandas as pd
 import plotly.express as px
 import streamlit as st
@@ -19,7 +20,7 @@ from plotly.graph_objects import Figure
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway_core import budgets, usage_stats
+from gateway_core import analytics, budgets, usage_stats
 from gateway_core.config import Settings
 from gateway_core.db import get_engine
 from gateway_core.errors import GatewayError
@@ -46,32 +47,38 @@ def engine_for(database_url: str) -> Engine:
     return get_engine(database_url)
 
 
+@st.cache_resource
+def duckdb_for(database_url: str) -> duckdb.DuckDBPyConnection:
+    """Open one DuckDB with Postgres attached per process. Each query uses its own cursor."""
+    return analytics.connect(database_url)
+
+
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def load_organizations(database_url: str) -> list[Organization]:
-    with engine_for(database_url).connect() as conn:
-        return usage_stats.list_organizations(conn)
+    with duckdb_for(database_url).cursor() as cursor:
+        return usage_stats.list_organizations(cursor)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def load_names(database_url: str, organization_id: int) -> OrganizationNames:
-    with engine_for(database_url).connect() as conn:
-        return usage_stats.organization_names(conn, organization_id)
+    with duckdb_for(database_url).cursor() as cursor:
+        return usage_stats.organization_names(cursor, organization_id)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def load_spend_by(
     database_url: str, scope: UsageScope, time_range: TimeRange, dimension: str
 ) -> pd.DataFrame:
-    with engine_for(database_url).connect() as conn:
-        return usage_stats.spend_by(conn, scope, time_range, dimension)
+    with duckdb_for(database_url).cursor() as cursor:
+        return usage_stats.spend_by(cursor, scope, time_range, dimension)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def load_spend_over_time(
     database_url: str, scope: UsageScope, time_range: TimeRange, unit: str, timezone: str
 ) -> pd.DataFrame:
-    with engine_for(database_url).connect() as conn:
-        return usage_stats.spend_over_time(conn, scope, time_range, unit, timezone)
+    with duckdb_for(database_url).cursor() as cursor:
+        return usage_stats.spend_over_time(cursor, scope, time_range, unit, timezone)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
@@ -160,8 +167,8 @@ url = settings.database_url
 
 try:
     organizations = load_organizations(url)
-except SQLAlchemyError as error:
-    logger.error("reading organizations failed: %s", error)
+except duckdb.Error as error:
+    logger.error("reading organizations failed: %s", analytics.redact_password(str(error), url))
     st.error("Cannot read from Postgres. Check that the database is running, then reload.")
     st.stop()
 if not organizations:
@@ -228,8 +235,8 @@ try:
         by_project = load_spend_by(url, scope, time_range, "project")
         by_key = load_spend_by(url, scope, time_range, "key")
         statuses = load_budgets(url, *budget_scope, organization.timezone)
-except SQLAlchemyError as error:
-    logger.error("team spend queries failed: %s", error)
+except (duckdb.Error, SQLAlchemyError) as error:
+    logger.error("team spend queries failed: %s", analytics.redact_password(str(error), url))
     st.error("Could not read spend from Postgres. Reload the page to try again.")
     st.stop()
 
