@@ -7,7 +7,7 @@ the equality filters down to Postgres, which reads them through its
 ORDER BY and LIMIT, so the newest rows are read from a window at the end of
 the range that widens until it contains enough rows.
 
-The export reads one UTC day at a time, oldest first, and writes each day's
+The export reads a week at a time, oldest first, and writes each week's
 rows in Arrow record batches of `chunk_rows`, so only one batch of rows is
 in Python memory at a time. Filter values are bound `?` parameters, and the
 ILIKE pattern of the model search escapes its wildcards.
@@ -44,8 +44,9 @@ STATUS_CLASSES = {
 _STATUS_RANGES = {"success": (200, 299), "client_error": (400, 499), "server_error": (500, 599)}
 DEFAULT_PAGE_ROWS = 500
 EXPORT_CHUNK_ROWS = 5_000
-# The export reads the range in slices of this length, each sorted in DuckDB.
-EXPORT_SLICE = timedelta(days=1)
+# The export reads the range in slices of this length. DuckDB sorts each slice
+# in its own memory, so a slice of a week of calls must fit there.
+EXPORT_SLICE = timedelta(days=7)
 # fetch_rows first reads this much of the end of the range, then a window
 # WINDOW_GROWTH times longer, until the window contains enough rows.
 FIRST_WINDOW = timedelta(hours=1)
