@@ -522,7 +522,7 @@ def time_pages_and_exports(url: str, now: datetime) -> list[Timing]:
     return timings
 
 
-def count_rows(url: str) -> dict[str, int]:
+def table_counts(url: str) -> dict[str, int]:
     return {table: count(url, table) for table in ("usage_events", "usage_hourly", "usage_daily")}
 
 
@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.reuse:
         now = datetime.now(UTC)
-        counts = count_rows(args.reuse)
+        counts = table_counts(args.reuse)
         timings = time_pages_and_exports(args.reuse, now)
         print(format_report(counts["usage_events"], None, counts, timings))
         return 0
@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
             create_directory(conn)
         log(f"inserting {args.rows:,} usage rows")
         load_seconds = generate_rows(database.url, args.rows, now)
-        counts = count_rows(database.url)
+        counts = table_counts(database.url)
         timings = time_pages_and_exports(database.url, now)
         timings.append(time_trigger_cost(database.url))
         print(format_report(args.rows, load_seconds, counts, timings))
