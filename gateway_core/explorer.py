@@ -322,7 +322,8 @@ def fetch_rows(
     """Return the newest `limit` matching calls as a frame with CSV_COLUMNS."""
     window = FIRST_WINDOW
     while True:
-        start = max(filters.start, filters.end - window)
+        whole_range = window >= filters.end - filters.start
+        start = filters.start if whole_range else filters.end - window
         where, params = _conditions(filters, start, filters.end)
         sql = _ROWS_SQL.format(where=where) + "ORDER BY e.created_at DESC, e.request_id LIMIT ?"
         rows = _arrow_rows(con.execute(sql, [*params, limit]).to_arrow_table())
