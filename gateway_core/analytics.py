@@ -162,9 +162,13 @@ def connect(database_url: str) -> duckdb.DuckDBPyConnection:
     )
     try:
         con.load_extension(str(postgres_scanner_path()))
-        con.execute("SET TimeZone = 'UTC'")
-        con.execute("SET pg_use_ctid_scan = false")
-        con.execute("SET pg_experimental_filter_pushdown = true")
+        # GLOBAL, because a plain SET applies to this connection only, and
+        # the pages run their queries on cursors, which are new connections.
+        con.execute("SET GLOBAL TimeZone = 'UTC'")
+        con.execute("SET GLOBAL pg_use_ctid_scan = false")
+        con.execute("SET GLOBAL pg_experimental_filter_pushdown = true")
+        # Queries longer than 2 s would otherwise draw a progress bar on stdout.
+        con.execute("SET enable_progress_bar = false")
         # ATTACH takes no bound parameters, so the URL goes in as a quoted
         # literal. It comes from the operator's DATABASE_URL, not from users.
         try:

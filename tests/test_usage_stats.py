@@ -68,9 +68,13 @@ def test_rollup_source_rejects_unknown_column() -> None:
 
 
 def test_connection_reads_without_ctid_ranges(con) -> None:
-    setting = con.execute("SELECT current_setting('pg_use_ctid_scan')").fetchone()
+    query = "SELECT current_setting('pg_use_ctid_scan'), current_setting('TimeZone')"
+    with con.cursor() as cursor:
+        on_cursor = cursor.execute(query).fetchone()
 
-    assert setting == (False,)
+    assert con.execute(query).fetchone() == (False, "UTC")
+    # The pages query on cursors, which are separate connections.
+    assert on_cursor == (False, "UTC")
 
 
 def test_totals_from_daily_and_hourly(engine: Engine, con) -> None:
