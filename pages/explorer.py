@@ -1,8 +1,8 @@
 """Usage explorer page: find individual calls by time, team, project, key, model and status.
 
 The table shows the newest matching calls. The CSV export contains every match:
-when its button is clicked, a deferred callable reads the rows from a
-server-side cursor in chunks into a temporary file and hands Streamlit the
+when its button is clicked, a deferred callable reads the rows through
+DuckDB in record batches into a temporary file and hands Streamlit the
 open file, so the rows never sit in memory as a table. Streamlit still
 holds the finished file's bytes in memory to serve the download.
 

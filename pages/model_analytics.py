@@ -1,7 +1,8 @@
 """Model analytics page: traffic, cost, reliability and speed per model and provider.
 
-Requests, tokens, cost, errors and retries come from the hourly rollups;
-latency percentiles from the individual successful calls. A call counts as
+Queries run in DuckDB over the attached Postgres database. Requests,
+tokens, cost, errors and retries come from the daily and hourly rollups,
+and latency percentiles from the individual successful calls. A call counts as
 retried when it needed more than one upstream attempt, whether the same
 provider was retried or a fallback model returned the response.
 """

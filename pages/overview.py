@@ -1,8 +1,9 @@
 """Overview page: spend, traffic, errors and latency of one organization at a glance.
 
-Each figure is compared with the period before. Counts and cost come from the
-hourly rollups, latency percentiles from the individual calls
-(gateway_core.usage_stats). Days and months follow the organization's time zone.
+Each figure is compared with the period before. Queries run in DuckDB
+(gateway_core.usage_stats): counts and cost come from the daily and hourly
+rollups, and latency percentiles from the individual calls. Days and months
+follow the organization's time zone.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Pick a team, and optionally one of its projects, to see spend per day, week
 or month stacked by model, with the budget of that period drawn as a line,
-and the split by project and by key. Figures come from the hourly rollups
-and follow the organization's time zone.
+and the split by project and by key. Figures come from the daily and
+hourly rollups, read through DuckDB, and follow the organization's time zone.
 """
 
 from __future__ import annotations
