@@ -168,8 +168,8 @@ def latency_percentiles(
 ) -> LatencyPercentiles:
     """Return p50 and p95 of latency and time to first token over successful calls."""
     # NOTE: exact percentiles need every call of the range in DuckDB. At about
-    # 27,000 calls a day, a 30-day range took 3 s per call of this function on
-    # a loaded 2-core machine (bench/analytics_scale.py, docs/benchmarks.md).
+    # 27,000 calls a day, a 30-day range takes an estimated 3.5 s per call on
+    # a loaded 2-core machine (Overview timings in docs/benchmarks.md).
     where, params = _event_filter(scope, time_range)
     ok = "FILTER (WHERE e.status_code < 400)"
     row = con.execute(
