@@ -7,9 +7,7 @@ import re
 from gateway_core.config import PROJECT_ROOT
 
 SOURCES = ["gateway_core", "proxy", "pages", "app.py"]
-READ = re.compile(
-    r"""(?:environ|env)(?:\.get\(|\[)["']((?:GATEWAYZ_|STRIPE_)[A-Z_]+|[A-Z_]+_URL)["']"""
-)
+READ = re.compile(r"""(?:environ|env)(?:\.get\(|\[)["']((?:GATEWAYZ_|STRIPE_)[A-Z_]+|[A-Z_]+_URL)["']""")
 
 
 def test_settings_documented() -> None:
