@@ -104,7 +104,7 @@ def key_label(name: str | None, prefix: str | None, last4: str | None) -> str:
     return f"{name} ({prefix}…{last4})"
 
 
-# Sums over rollup rows, named as the frames of spend_by name them. DuckDB sums
+# Sums over rollup rows, with the column names of spend_by's frames. DuckDB sums
 # BIGINT as HUGEINT, so counts are cast back to BIGINT.
 _ROLLUP_SUMS = """
     sum(h.requests)::BIGINT AS requests,
@@ -171,14 +171,14 @@ def latency_percentiles(
     # 27,000 calls a day, a 30-day range takes an estimated 3.5 s per call on
     # a loaded 2-core machine (Overview timings in docs/benchmarks.md).
     where, params = _event_filter(scope, time_range)
-    ok = "FILTER (WHERE e.status_code < 400)"
+    succeeded = "FILTER (WHERE e.status_code < 400)"
     row = con.execute(
         f"""
         SELECT
-            quantile_cont(e.latency_ms, 0.5) {ok},
-            quantile_cont(e.latency_ms, 0.95) {ok},
-            quantile_cont(e.ttft_ms, 0.5) {ok},
-            quantile_cont(e.ttft_ms, 0.95) {ok}
+            quantile_cont(e.latency_ms, 0.5) {succeeded},
+            quantile_cont(e.latency_ms, 0.95) {succeeded},
+            quantile_cont(e.ttft_ms, 0.5) {succeeded},
+            quantile_cont(e.ttft_ms, 0.95) {succeeded}
         FROM pg.public.usage_events AS e
         WHERE {where}
         """,
@@ -359,15 +359,15 @@ def _model_latency(
     con: duckdb.DuckDBPyConnection, scope: UsageScope, time_range: TimeRange
 ) -> pd.DataFrame:
     where, params = _event_filter(scope, time_range)
-    ok = "FILTER (WHERE e.status_code < 400)"
+    succeeded = "FILTER (WHERE e.status_code < 400)"
     sql = f"""
         SELECT
             coalesce(e.model, ?) AS model,
             coalesce(e.provider, '') AS provider,
-            quantile_cont(e.latency_ms, 0.5) {ok} AS latency_p50,
-            quantile_cont(e.latency_ms, 0.95) {ok} AS latency_p95,
-            quantile_cont(e.latency_ms, 0.99) {ok} AS latency_p99,
-            quantile_cont(e.ttft_ms, 0.5) {ok} AS ttft_p50
+            quantile_cont(e.latency_ms, 0.5) {succeeded} AS latency_p50,
+            quantile_cont(e.latency_ms, 0.95) {succeeded} AS latency_p95,
+            quantile_cont(e.latency_ms, 0.99) {succeeded} AS latency_p99,
+            quantile_cont(e.ttft_ms, 0.5) {succeeded} AS ttft_p50
         FROM pg.public.usage_events AS e
         WHERE {where}
         GROUP BY e.model, e.provider
