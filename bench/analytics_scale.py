@@ -1,38 +1,48 @@
-"""Time the analytics pages' queries and a one-year report export on N usage rows.
+"""Time the analytics pages and a one-year report export on N usage rows.
 
 Creates a fresh database on the local Postgres server (127.0.0.1:5432 by
 default) and migrates it. Adds one organization (America/New_York) with 10
 teams, 30 projects and 100 keys. Inserts N calls spread over the last 365
 days with generate_series, one million rows per INSERT, so the rollup trigger
-fills usage_hourly and usage_daily as it does for the proxy's recorder. Then
-it runs, twice, the queries each page runs on its first load with default
-filters, and exports a one-year research report of the busiest team and a
-45-day Usage explorer CSV. The database is dropped at the end unless --keep
-is given.
+fills usage_hourly and usage_daily as it does for the proxy's recorder.
 
-Usage: `python -m bench.analytics_scale [--rows N] [--keep]`.
+Then, per page, it times the data functions of the page's first view with
+default filters, on a new DuckDB connection and again on the same one, and
+renders the page with AppTest in the signed-in app after clearing
+Streamlit's caches. It exports one-year research reports of the busiest
+team and of one of its projects, and a 45-day Usage explorer CSV, and
+times recorder-shaped inserts with and without the rollup trigger. The
+database is dropped at the end unless --keep is given.
+
+Usage: `python -m bench.analytics_scale [--rows N] [--keep] [--reuse URL]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import platform
 import statistics
 import sys
 import time
 import tracemalloc
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import duckdb
 import psycopg
-from sqlalchemy import Connection, Engine
+import streamlit as st
+from sqlalchemy import Connection
+from streamlit.runtime.context import ContextProxy, StreamlitCookies
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.testing.v1 import AppTest
 
 from bench.stack import DEFAULT_POSTGRES, BenchDatabase
-from gateway_core import analytics, budgets, explorer, reports, usage_stats
+from gateway_core import analytics, budgets, directory, explorer, reports, usage_stats
+from gateway_core.config import PROJECT_ROOT
 from gateway_core.db import get_engine
 from gateway_core.time_ranges import day_range, period_range, zone_info
 from gateway_core.usage_stats import UsageScope
@@ -45,6 +55,18 @@ CHUNK_ROWS = 1_000_000
 EXPORT_DAYS = 45
 RECORDER_BATCHES = 40
 RECORDER_BATCH_ROWS = 500
+# Pages read GATEWAYZ_SECRET at start but use it only for keys, which these pages do not create.
+BENCH_SECRET = "analytics-bench-secret-not-for-production"
+BENCH_PASSWORD = "analytics-bench-password"
+# Page title and the page's PAGE_NAME, which is also its file name under pages/.
+PAGES = {
+    "Overview": "overview",
+    "Team spend": "team_spend",
+    "Model analytics": "model_analytics",
+    "Usage explorer": "explorer",
+    "Research reports": "reports",
+    "Usage": "usage",
+}
 # (model, provider, USD per input token, USD per output token)
 MODELS = [
     ("openai/gpt-4o-mini", "openai", "0.00000015", "0.0000006"),
@@ -197,117 +219,194 @@ class CountingWriter(io.TextIOBase):
         return len(text)
 
 
-def page_queries(
-    now: datetime, duckdb_connection: duckdb.DuckDBPyConnection
-) -> dict[str, Callable[[Connection], Any]]:
-    """Return, per page, a function that runs the queries of its first load."""
+def page_queries(now: datetime) -> dict[str, Callable[[Any, Connection], Any]]:
+    """Return, per page, a function that runs the data functions of its first view.
+
+    Each function gets a DuckDB cursor and a SQLAlchemy connection, which the
+    pages use for budgets and report scopes only.
+    """
     today = now.astimezone(zone_info(TIMEZONE)).date()
     scope = UsageScope(1)
 
     def last_days(days: int):
         return day_range(today - timedelta(days=days - 1), today + timedelta(days=1), TIMEZONE)
 
-    def overview(conn: Connection) -> None:
-        current, previous = period_range("this_month", now, TIMEZONE)
+    def overview(con: Any, period: str) -> None:
+        usage_stats.list_organizations(con)
+        current, previous = period_range(period, now, TIMEZONE)
         today_range, _ = period_range("today", now, TIMEZONE)
         for time_range in (current, previous, today_range):
-            usage_stats.usage_totals(conn, scope, time_range)
-        usage_stats.latency_percentiles(conn, scope, current)
-        usage_stats.latency_percentiles(conn, scope, previous)
-        usage_stats.spend_over_time(conn, scope, current, "day", TIMEZONE)
+            usage_stats.usage_totals(con, scope, time_range)
+        usage_stats.latency_percentiles(con, scope, current)
+        usage_stats.latency_percentiles(con, scope, previous)
+        usage_stats.spend_over_time(con, scope, current, "day", TIMEZONE)
         for by in usage_stats.TOP_DIMENSIONS:
-            usage_stats.top_spenders(conn, scope, current, by)
+            usage_stats.top_spenders(con, scope, current, by)
 
-    def team_spend(conn: Connection) -> None:
-        names = usage_stats.organization_names(conn, 1)
+    def team_spend(con: Any, conn: Connection) -> None:
+        usage_stats.list_organizations(con)
+        names = usage_stats.organization_names(con, 1)
         team_id = next(iter(names.teams))
         time_range = last_days(30)
         team = UsageScope(1, team_id=team_id)
-        usage_stats.spend_by(conn, scope, time_range, "team")
-        usage_stats.spend_over_time(conn, team, time_range, "day", TIMEZONE)
-        usage_stats.spend_by(conn, team, time_range, "project")
-        usage_stats.spend_by(conn, team, time_range, "key")
+        usage_stats.spend_by(con, scope, time_range, "team")
+        usage_stats.spend_over_time(con, team, time_range, "day", TIMEZONE)
+        usage_stats.spend_by(con, team, time_range, "project")
+        usage_stats.spend_by(con, team, time_range, "key")
         for budget in budgets.list_budgets(conn, "team", team_id):
             budgets.budget_status(conn, budget, TIMEZONE)
 
-    def model_analytics(conn: Connection) -> None:
-        usage_stats.organization_names(conn, 1)
-        usage_stats.model_stats(conn, scope, last_days(7))
+    def model_analytics(con: Any, conn: Connection) -> None:
+        usage_stats.list_organizations(con)
+        usage_stats.organization_names(con, 1)
+        usage_stats.model_stats(con, scope, last_days(7))
 
-    def usage_explorer(conn: Connection) -> None:
-        usage_stats.organization_names(conn, 1)
+    def usage_explorer(con: Any, conn: Connection) -> None:
+        usage_stats.list_organizations(con)
+        usage_stats.organization_names(con, 1)
         time_range = last_days(7)
         filters = explorer.ExplorerFilters(time_range.start, time_range.end, organization_id=1)
-        explorer.count_rows(conn, filters, 100_001)
-        explorer.fetch_rows(conn, filters)
+        explorer.count_rows(con, filters, 100_001)
+        explorer.fetch_rows(con, filters)
 
-    def research_reports(conn: Connection) -> None:
-        names = usage_stats.organization_names(conn, 1)
+    def research_reports(con: Any, conn: Connection) -> None:
+        usage_stats.list_organizations(con)
+        names = usage_stats.organization_names(con, 1)
         team_scope = reports.scope_for_team(conn, next(iter(names.teams)))
-        reports.report_summary(conn, team_scope, today.replace(day=1), today + timedelta(days=1))
+        reports.report_summary(con, team_scope, today.replace(day=1), today + timedelta(days=1))
 
-    def usage_page(conn: Connection) -> None:
-        # The existing Usage page reads usage_events through DuckDB, for comparison.
+    def usage_page(con: Any, conn: Connection) -> None:
+        directory.list_teams(conn)
         time_range = last_days(7)
-        with duckdb_connection.cursor() as cursor:
-            analytics.usage_over_time(
-                cursor, start=time_range.start, end=time_range.end, bucket="day"
-            )
-            analytics.usage_rows(cursor, start=time_range.start, end=time_range.end)
+        analytics.usage_over_time(con, start=time_range.start, end=time_range.end, bucket="day")
+        analytics.usage_rows(con, start=time_range.start, end=time_range.end)
 
     return {
-        "Usage (DuckDB, existing page)": usage_page,
-        "Overview": overview,
+        "Overview": lambda con, conn: overview(con, "this_month"),
+        "Overview, last 30 days": lambda con, conn: overview(con, "last_30_days"),
         "Team spend": team_spend,
         "Model analytics": model_analytics,
         "Usage explorer": usage_explorer,
         "Research reports": research_reports,
+        "Usage": usage_page,
     }
 
 
-def time_twice(engine: Engine, name: str, run: Callable[[Connection], Any]) -> Timing:
+def time_cold_and_warm(url: str, name: str, run: Callable[[Any, Connection], Any]) -> Timing:
+    """Time the data functions on a new DuckDB connection, then again on the same one."""
     seconds = []
-    for _ in range(2):
-        with engine.connect() as conn:
-            started = time.perf_counter()
-            run(conn)
-            seconds.append(time.perf_counter() - started)
+    con = analytics.connect(url)
+    try:
+        for _ in range(2):
+            with get_engine(url).connect() as conn, con.cursor() as cursor:
+                started = time.perf_counter()
+                run(cursor, conn)
+                seconds.append(time.perf_counter() - started)
+    finally:
+        con.close()
     return Timing(name, seconds)
 
 
-def time_report_export(engine: Engine, today: date) -> Timing:
-    with engine.connect() as conn:
+def prepare_app_test() -> None:
+    """Patch Streamlit so AppTest runs the app as a browser session on a server would.
+
+    AppTest has no cookies and reports a MagicMock as the client address,
+    and it resets the "use the pages/ folder" flag before every run, so a
+    rerun would execute the page without app.py. The same patches are the
+    fixtures of tests/test_app_pages.py.
+    """
+    jar: dict[str, str] = {}
+    ContextProxy.cookies = property(lambda self: StreamlitCookies(jar))  # type: ignore[method-assign,assignment]
+    ContextProxy.ip_address = property(lambda self: None)  # type: ignore[method-assign,assignment]
+    original_init = PagesManager.__init__
+
+    def init_after_navigation(self: PagesManager, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    PagesManager.__init__ = init_after_navigation  # type: ignore[method-assign]
+
+
+def signed_in_app(url: str) -> AppTest:
+    """Return the app signed in as a new owner, who may open every analytics page."""
+    prepare_app_test()
+    username = f"bench-{uuid.uuid4().hex[:8]}"
+    with get_engine(url).begin() as conn:
+        directory.create_user(conn, username=username, password=BENCH_PASSWORD, role="owner")
+    at = AppTest.from_file(str(PROJECT_ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.text_input[0].input(username)
+    at.text_input[1].input(BENCH_PASSWORD)
+    next(button for button in at.button if button.label == "Login").click()
+    at.run()
+    if at.exception:
+        raise RuntimeError(f"sign-in failed: {at.exception[0].message}")
+    return at
+
+
+def time_page_render(at: AppTest, name: str, page: str) -> Timing:
+    """Open a page in the signed-in app after clearing Streamlit's caches, then rerun it.
+
+    The first run renders the page with cold caches and a new DuckDB
+    connection. The rerun reads from the caches.
+    """
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    at.switch_page(f"pages/{page}.py")
+    seconds = []
+    for _ in range(2):
+        started = time.perf_counter()
+        at.run()
+        seconds.append(time.perf_counter() - started)
+        if at.exception:
+            raise RuntimeError(f"page {page} failed: {at.exception[0].message}")
+    detail = f"{len(at.dataframe)} tables, {len(at.get('plotly_chart'))} charts"
+    return Timing(f"{name} page (AppTest)", seconds, detail)
+
+
+def time_report_export(url: str, today: date, project: bool) -> Timing:
+    """Export a 365-day research report of team-00, or of its first project, to a counting sink."""
+    with get_engine(url).connect() as conn:
         scope = reports.scope_for_team(conn, 1)
+        if project:
+            scope = reports.scope_for_team(conn, 1, scope.team_projects[0].id)
+    con = analytics.connect(url)
+    try:
         out = CountingWriter()
         started = time.perf_counter()
-        totals = reports.write_report_csv(conn, scope, today - timedelta(days=365), today, out)
+        totals = reports.write_report_csv(con, scope, today - timedelta(days=365), today, out)
         seconds = time.perf_counter() - started
+    finally:
+        con.close()
     detail = (
         f"{totals.rows:,} rows, {totals.requests:,} requests, {out.characters / 1e6:.1f} MB CSV"
     )
-    return Timing("Research report, team-00, 365 days", [seconds], detail)
+    subject = f"team-00 / {scope.project.name}" if scope.project else "team-00"
+    return Timing(f"Research report, {subject}, 365 days", [seconds], detail)
 
 
-def time_explorer_export(engine: Engine, now: datetime) -> Timing:
+def time_explorer_export(url: str, now: datetime) -> Timing:
     """Time a 45-day explorer export, then repeat it under tracemalloc for its peak memory."""
     today = now.astimezone(zone_info(TIMEZONE)).date()
     time_range = day_range(
         today - timedelta(days=EXPORT_DAYS - 1), today + timedelta(days=1), TIMEZONE
     )
     filters = explorer.ExplorerFilters(time_range.start, time_range.end, organization_id=1)
-    with engine.connect() as conn:
+    con = analytics.connect(url)
+    try:
         started = time.perf_counter()
-        written = explorer.write_csv(conn, filters, CountingWriter())
+        written = explorer.write_csv(con, filters, CountingWriter())
         seconds = time.perf_counter() - started
-    # tracemalloc slows allocations several times over, so it gets its own run.
-    tracemalloc.start()
-    with engine.connect() as conn:
-        explorer.write_csv(conn, filters, CountingWriter())
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
+        # tracemalloc slows allocations several times over, so it gets its own run.
+        tracemalloc.start()
+        explorer.write_csv(con, filters, CountingWriter())
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    finally:
+        con.close()
     detail = (
         f"{written:,} rows ({written / seconds:,.0f} rows/s), peak Python allocations "
-        f"{peak / 1e6:.1f} MB (tracemalloc; libpq's buffer for one fetch not included)"
+        f"{peak / 1e6:.1f} MB (tracemalloc; DuckDB's own memory not included)"
     )
     return Timing(f"Usage explorer CSV, {EXPORT_DAYS} days", [seconds], detail)
 
@@ -362,22 +461,29 @@ def time_trigger_cost(url: str) -> Timing:
     return Timing("Recorder batch with rollup trigger", [with_trigger], detail)
 
 
-def format_report(rows: int, load_seconds: float, counts: dict[str, int], timings: list[Timing]):
+def format_report(
+    rows: int, load_seconds: float | None, counts: dict[str, int], timings: list[Timing]
+) -> str:
     lines = [
         f"Analytics at scale: {rows:,} usage rows requested, {counts['usage_events']:,} stored",
         f"usage_hourly rows: {counts['usage_hourly']:,}; usage_daily rows: "
         f"{counts['usage_daily']:,}",
-        f"Insert with rollup trigger, then VACUUM ANALYZE: {load_seconds:.1f} s "
-        f"({counts['usage_events'] / load_seconds:,.0f} rows/s)",
+    ]
+    if load_seconds is not None:
+        lines.append(
+            f"Insert with rollup trigger, then VACUUM ANALYZE: {load_seconds:.1f} s "
+            f"({counts['usage_events'] / load_seconds:,.0f} rows/s)"
+        )
+    lines += [
         f"Host: {platform.node()}, {platform.processor() or platform.machine()}, "
         f"Python {platform.python_version()}",
         "",
-        f"{'Query set':<40} {'first run':>10} {'second run':>11}  detail",
+        f"{'Query set':<48} {'first run':>10} {'second run':>11}  detail",
     ]
     for timing in timings:
         runs = [f"{seconds * 1000:,.0f} ms" for seconds in timing.seconds]
         second = runs[1] if len(runs) > 1 else ""
-        lines.append(f"{timing.name:<40} {runs[0]:>10} {second:>11}  {timing.detail}")
+        lines.append(f"{timing.name:<48} {runs[0]:>10} {second:>11}  {timing.detail}")
     return "\n".join(lines)
 
 
@@ -390,14 +496,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--postgres", default=DEFAULT_POSTGRES, help="server URL; a fresh database is created"
     )
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
+    parser.add_argument(
+        "--reuse",
+        metavar="URL",
+        help="time the pages on a database that a --keep run left, without inserting rows "
+        "or timing the trigger; its calls end at the time of that run",
+    )
     args = parser.parse_args(argv)
     if args.rows < 1:
         parser.error("--rows must be at least 1")
     return args
 
 
+def time_pages_and_exports(url: str, now: datetime) -> list[Timing]:
+    timings = [time_cold_and_warm(url, name, run) for name, run in page_queries(now).items()]
+    os.environ.update(DATABASE_URL=url, GATEWAYZ_SECRET=BENCH_SECRET)
+    app = signed_in_app(url)
+    timings += [time_page_render(app, name, page) for name, page in PAGES.items()]
+    today = now.astimezone(zone_info(TIMEZONE)).date()
+    timings.append(time_report_export(url, today, project=True))
+    timings.append(time_report_export(url, today, project=False))
+    timings.append(time_explorer_export(url, now))
+    return timings
+
+
+def table_counts(url: str) -> dict[str, int]:
+    return {table: count(url, table) for table in ("usage_events", "usage_hourly", "usage_daily")}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.reuse:
+        now = datetime.now(UTC)
+        counts = table_counts(args.reuse)
+        timings = time_pages_and_exports(args.reuse, now)
+        print(format_report(counts["usage_events"], None, counts, timings))
+        return 0
     database = BenchDatabase(args.postgres)
     log(f"created database {database.name}")
     try:
@@ -406,20 +540,8 @@ def main(argv: list[str] | None = None) -> int:
             create_directory(conn)
         log(f"inserting {args.rows:,} usage rows")
         load_seconds = generate_rows(database.url, args.rows, now)
-        counts = {
-            table: count(database.url, table)
-            for table in ("usage_events", "usage_hourly", "usage_daily")
-        }
-        engine = get_engine(database.url)
-        duckdb_connection = analytics.connect(database.url)
-        try:
-            queries = page_queries(now, duckdb_connection)
-            timings = [time_twice(engine, name, run) for name, run in queries.items()]
-        finally:
-            duckdb_connection.close()
-        today = now.astimezone(zone_info(TIMEZONE)).date()
-        timings.append(time_report_export(engine, today))
-        timings.append(time_explorer_export(engine, now))
+        counts = table_counts(database.url)
+        timings = time_pages_and_exports(database.url, now)
         timings.append(time_trigger_cost(database.url))
         print(format_report(args.rows, load_seconds, counts, timings))
     finally:

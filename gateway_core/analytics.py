@@ -9,12 +9,19 @@ Filter values are bound as `?` parameters. DuckDB 1.5.5 still pushes the time
 and team filters down into the query it sends to Postgres, as EXPLAIN ANALYZE
 shows on the usage_events scan. Costs stay exact: NUMERIC
 columns arrive as DECIMAL and become `decimal.Decimal` objects in the frames.
+
+The connection turns off postgres_scanner's parallel ctid scan. With it on,
+a table of more than `pg_pages_per_task` pages is read as ctid ranges that
+together cover every page, so Postgres scans the whole table even when the
+pushed-down filters match one day. With it off, each table scan is a single
+`COPY (SELECT ... WHERE <filters>)`, and Postgres uses its indexes on
+`created_at` and `bucket_start`.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -62,6 +69,26 @@ WHERE {where}
 ORDER BY e.created_at DESC, e.request_id
 LIMIT ?
 """
+
+# usage_over_time from a rollup whose buckets are the requested ones.
+_ROLLUP_OVER_TIME_SQL = """
+SELECT
+    e.bucket_start AS bucket,
+    e.team_id,
+    t.name AS team,
+    sum(e.requests)::BIGINT AS requests,
+    sum(e.cost_usd) AS cost_usd
+FROM {table} AS e
+LEFT JOIN pg.public.teams AS t ON t.id = e.team_id
+WHERE {where}
+GROUP BY ALL
+ORDER BY bucket, e.team_id NULLS LAST
+"""
+_ROLLUP_TABLES = {"hour": "pg.public.usage_hourly", "day": "pg.public.usage_daily"}
+# usage_rows first reads this much of the end of the range, then a window
+# WINDOW_GROWTH times longer, until the window contains `limit` rows.
+FIRST_WINDOW = timedelta(hours=1)
+WINDOW_GROWTH = 4
 
 _USAGE_OVER_TIME_SQL = """
 SELECT
@@ -135,7 +162,13 @@ def connect(database_url: str) -> duckdb.DuckDBPyConnection:
     )
     try:
         con.load_extension(str(postgres_scanner_path()))
-        con.execute("SET TimeZone = 'UTC'")
+        # GLOBAL, because a plain SET applies to this connection only, and
+        # the pages run their queries on cursors, which are new connections.
+        con.execute("SET GLOBAL TimeZone = 'UTC'")
+        con.execute("SET GLOBAL pg_use_ctid_scan = false")
+        con.execute("SET GLOBAL pg_experimental_filter_pushdown = true")
+        # Queries longer than 2 s would otherwise draw a progress bar on stdout.
+        con.execute("SET enable_progress_bar = false")
         # ATTACH takes no bound parameters, so the URL goes in as a quoted
         # literal. It comes from the operator's DATABASE_URL, not from users.
         try:
@@ -153,7 +186,7 @@ def connect(database_url: str) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _check_range(start: datetime, end: datetime) -> None:
+def check_range(start: datetime, end: datetime) -> None:
     for name, value in (("start", start), ("end", end)):
         if value.tzinfo is None:
             raise ValueError(
@@ -162,10 +195,12 @@ def _check_range(start: datetime, end: datetime) -> None:
             )
 
 
-def _filters(start: datetime, end: datetime, team_id: int | str | None) -> tuple[str, list[Any]]:
+def _filters(
+    start: datetime, end: datetime, team_id: int | str | None, time_column: str = "created_at"
+) -> tuple[str, list[Any]]:
     """Return the WHERE clause, with `?` placeholders, and the values to bind to them."""
-    _check_range(start, end)
-    conditions = ["e.created_at >= ?", "e.created_at < ?"]
+    check_range(start, end)
+    conditions = [f"e.{time_column} >= ?", f"e.{time_column} < ?"]
     params: list[Any] = [start, end]
     if team_id is not None:
         # A value that does not cast to BIGINT becomes NULL and matches no row,
@@ -175,7 +210,8 @@ def _filters(start: datetime, end: datetime, team_id: int | str | None) -> tuple
     return " AND ".join(conditions), params
 
 
-def _to_frame(result: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+def to_frame(result: duckdb.DuckDBPyConnection) -> pd.DataFrame:
+    """Return the query result as a frame with Decimal costs and nullable integer columns."""
     # The Arrow path keeps DECIMAL as Decimal objects, whereas DuckDB's own
     # .df() would turn them into float64.
     table = result.to_arrow_table()
@@ -201,9 +237,18 @@ def usage_rows(
     """
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"limit must be a positive integer, got {limit!r}")
-    where, params = _filters(start, end, team_id)
-    result = con.execute(_USAGE_ROWS_SQL.format(where=where), [*params, limit])
-    return _to_frame(result)
+    check_range(start, end)
+    window = FIRST_WINDOW
+    while True:
+        window_start = start if window >= end - start else end - window
+        where, params = _filters(window_start, end, team_id)
+        frame = to_frame(con.execute(_USAGE_ROWS_SQL.format(where=where), [*params, limit]))
+        # DuckDB cannot push ORDER BY ... LIMIT down to Postgres, so a small
+        # window at the end of the range is read first. Once it contains
+        # `limit` rows, they are the newest of the whole range.
+        if len(frame) >= limit or window_start <= start:
+            return frame
+        window *= WINDOW_GROWTH
 
 
 def usage_over_time(
@@ -218,10 +263,24 @@ def usage_over_time(
 
     Columns: bucket (start of the hour or day), team_id, team, requests,
     cost_usd (Decimal). Every call counts as a request, whatever its status.
-    Buckets without calls are absent, not zero rows.
+    Buckets without calls are absent, not zero rows. When start and end
+    begin buckets, the sums come from usage_hourly or usage_daily, and
+    otherwise from the calls themselves.
     """
     if bucket not in _BUCKET_SQL:
         raise ValueError(f"bucket must be one of {', '.join(BUCKETS)}, got {bucket!r}")
+    if _starts_bucket(start, bucket) and _starts_bucket(end, bucket):
+        where, params = _filters(start, end, team_id, time_column="bucket_start")
+        sql = _ROLLUP_OVER_TIME_SQL.format(table=_ROLLUP_TABLES[bucket], where=where)
+        return to_frame(con.execute(sql, params))
     where, params = _filters(start, end, team_id)
     sql = _USAGE_OVER_TIME_SQL.format(bucket=_BUCKET_SQL[bucket], where=where)
-    return _to_frame(con.execute(sql, params))
+    return to_frame(con.execute(sql, params))
+
+
+def _starts_bucket(at: datetime, bucket: str) -> bool:
+    """Return whether `at` is the start of a UTC hour or day, as rollup buckets are."""
+    at = at.astimezone(UTC)
+    if at.minute or at.second or at.microsecond:
+        return False
+    return bucket == "hour" or at.hour == 0

@@ -1,26 +1,35 @@
 """Filtered lists of individual calls for the Usage explorer, and their CSV export.
 
-The export reads `usage_events` through a server-side cursor and writes the
-CSV in chunks, so only one chunk of rows is in Python memory at a time.
-Filter values are bound parameters, and the LIKE pattern of the model search
-escapes its wildcards.
+The queries run in DuckDB over the Postgres database that
+`gateway_core.analytics.connect` attaches. DuckDB pushes the time range and
+the equality filters down to Postgres, which reads them through its
+`created_at` index, and applies the rest itself. DuckDB cannot push down
+ORDER BY and LIMIT, so the newest rows are read from a window at the end of
+the range that widens until it contains enough rows.
+
+The export reads a week at a time, oldest first, and writes each week's
+rows in Arrow record batches of `chunk_rows`, so only one batch of rows is
+in Python memory at a time. Filter values are bound `?` parameters, and the
+ILIKE pattern of the model search escapes its wildcards.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO, TextIO
 
+import duckdb
 import pandas as pd
-from sqlalchemy import ColumnElement, Connection, Engine, Select, and_, func, or_, select
+import pyarrow as pa
 
 from gateway_core.csv_cells import spool_to_file, text_cell
 from gateway_core.errors import InvalidRequestError
-from gateway_core.schema import api_keys, projects, teams, usage_events
+from gateway_core.rollups import split_by_table
+from gateway_core.time_ranges import TimeRange
 from gateway_core.usage_stats import NO_MODEL, NO_PROJECT, NO_TEAM, key_label
 
 logger = logging.getLogger(__name__)
@@ -35,6 +44,13 @@ STATUS_CLASSES = {
 _STATUS_RANGES = {"success": (200, 299), "client_error": (400, 499), "server_error": (500, 599)}
 DEFAULT_PAGE_ROWS = 500
 EXPORT_CHUNK_ROWS = 5_000
+# The export reads the range in slices of this length. DuckDB sorts each slice
+# in its own memory, so a slice of a week of calls must fit there.
+EXPORT_SLICE = timedelta(days=7)
+# fetch_rows first reads this much of the end of the range, then a window
+# WINDOW_GROWTH times longer, until the window contains enough rows.
+FIRST_WINDOW = timedelta(hours=1)
+WINDOW_GROWTH = 4
 # Maximum length of usage_events.request_id, a VARCHAR(64).
 MAX_REQUEST_ID_LENGTH = 64
 MAX_MODEL_SEARCH_LENGTH = 200
@@ -133,83 +149,92 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _conditions(filters: ExplorerFilters) -> list[ColumnElement[bool]]:
-    e = usage_events.c
-    conditions: list[ColumnElement[bool]] = [
-        e.created_at >= filters.start,
-        e.created_at < filters.end,
-    ]
-    in_organization = (
-        e.organization_id == filters.organization_id
-        if filters.organization_id is not None
-        else None
-    )
+def _placeholders(values: tuple[Any, ...]) -> str:
+    return ", ".join("?" for _ in values)
+
+
+def _dimension_conditions(filters: ExplorerFilters, alias: str) -> tuple[list[str], list[Any]]:
+    """Return conditions on the columns that usage_events and the rollups share, and values."""
+    conditions: list[str] = []
+    params: list[Any] = []
+    in_organization = f"{alias}.organization_id = ?"
     if filters.team_ids:
-        team_match = e.team_id.in_(filters.team_ids)
-        if in_organization is not None:
-            team_match = and_(team_match, in_organization)
-        conditions.append(
-            or_(team_match, e.team_id.is_(None)) if filters.include_no_team else team_match
-        )
+        team_match = f"{alias}.team_id IN ({_placeholders(filters.team_ids)})"
+        params += filters.team_ids
+        if filters.organization_id is not None:
+            team_match = f"({team_match} AND {in_organization})"
+            params.append(filters.organization_id)
+        if filters.include_no_team:
+            team_match = f"({team_match} OR {alias}.team_id IS NULL)"
+        conditions.append(team_match)
     elif filters.include_no_team:
-        conditions.append(e.team_id.is_(None))
-    elif in_organization is not None:
+        conditions.append(f"{alias}.team_id IS NULL")
+    elif filters.organization_id is not None:
         conditions.append(in_organization)
-    if filters.project_ids:
-        conditions.append(e.project_id.in_(filters.project_ids))
-    if filters.key_ids:
-        conditions.append(e.api_key_id.in_(filters.key_ids))
-    if filters.models:
-        conditions.append(e.model.in_(filters.models))
+        params.append(filters.organization_id)
+    for column, values in (
+        ("project_id", filters.project_ids),
+        ("api_key_id", filters.key_ids),
+        ("model", filters.models),
+    ):
+        if values:
+            conditions.append(f"{alias}.{column} IN ({_placeholders(values)})")
+            params += values
     if filters.model_search:
-        pattern = f"%{_escape_like(filters.model_search)}%"
-        conditions.append(e.model.ilike(pattern, escape="\\"))
+        conditions.append(f"{alias}.model ILIKE ? ESCAPE '\\'")
+        params.append(f"%{_escape_like(filters.model_search)}%")
+    return conditions, params
+
+
+def _conditions(filters: ExplorerFilters, start: datetime, end: datetime) -> tuple[str, list[Any]]:
+    """Return the WHERE clause on usage_events `e` for calls in [start, end), and its values."""
+    conditions, params = _dimension_conditions(filters, "e")
+    conditions[:0] = ["e.created_at >= ?", "e.created_at < ?"]
+    params[:0] = [start, end]
     if filters.request_id:
-        conditions.append(e.request_id == filters.request_id)
+        conditions.append("e.request_id = ?")
+        params.append(filters.request_id)
     if filters.status in _STATUS_RANGES:
-        low, high = _STATUS_RANGES[filters.status]
-        conditions.append(e.status_code.between(low, high))
+        conditions.append("e.status_code BETWEEN ? AND ?")
+        params += _STATUS_RANGES[filters.status]
     elif filters.status != "all":
-        conditions.append(e.status_code == int(filters.status))
-    return conditions
+        conditions.append("e.status_code = ?")
+        params.append(int(filters.status))
+    return " AND ".join(conditions), params
 
 
-def _rows_query(filters: ExplorerFilters) -> Select:
-    e = usage_events.c
-    return (
-        select(
-            e.created_at.label("time_utc"),
-            e.request_id,
-            teams.c.name.label("team"),
-            projects.c.name.label("project"),
-            api_keys.c.name.label("key_name"),
-            api_keys.c.prefix,
-            api_keys.c.last4,
-            e.endpoint,
-            e.model,
-            e.provider,
-            e.status_code.label("status"),
-            e.error_type,
-            e.stream,
-            e.attempts,
-            e.prompt_tokens,
-            e.completion_tokens,
-            e.cached_tokens,
-            e.cost_usd,
-            e.latency_ms,
-            e.ttft_ms,
-        )
-        .select_from(
-            usage_events.outerjoin(teams, teams.c.id == e.team_id)
-            .outerjoin(projects, projects.c.id == e.project_id)
-            .outerjoin(api_keys, api_keys.c.id == e.api_key_id)
-        )
-        .where(*_conditions(filters))
-    )
+_ROWS_SQL = """
+SELECT
+    e.created_at AS time_utc,
+    e.request_id,
+    t.name AS team,
+    p.name AS project,
+    k.name AS key_name,
+    k.prefix,
+    k.last4,
+    e.endpoint,
+    e.model,
+    e.provider,
+    e.status_code AS status,
+    e.error_type,
+    e.stream,
+    e.attempts,
+    e.prompt_tokens,
+    e.completion_tokens,
+    e.cached_tokens,
+    e.cost_usd,
+    e.latency_ms,
+    e.ttft_ms
+FROM pg.public.usage_events AS e
+LEFT JOIN pg.public.teams AS t ON t.id = e.team_id
+LEFT JOIN pg.public.projects AS p ON p.id = e.project_id
+LEFT JOIN pg.public.api_keys AS k ON k.id = e.api_key_id
+WHERE {where}
+"""
 
 
 def _display_row(row: Any) -> list[Any]:
-    """Turn one row of _rows_query into the values of CSV_COLUMNS, with names for ids."""
+    """Turn one row of _ROWS_SQL into the values of CSV_COLUMNS, with names for ids."""
     time_utc, request_id, team, project, key_name, prefix, last4, endpoint, model, *rest = row
     return [
         time_utc,
@@ -240,54 +265,120 @@ def _csv_row(row: Any) -> list[Any]:
     return values
 
 
-def count_rows(conn: Connection, filters: ExplorerFilters, cap: int) -> int:
+def _arrow_rows(data: pa.Table | pa.RecordBatch) -> list[tuple[Any, ...]]:
+    """Return the rows as tuples. DECIMAL becomes Decimal and TIMESTAMPTZ an aware datetime.
+
+    DuckDB's own fetchall() needs pytz for TIMESTAMPTZ, and pyarrow does not.
+    """
+    return list(zip(*data.to_pydict().values(), strict=True))
+
+
+def _whole_hour(at: datetime) -> bool:
+    return at.minute == 0 and at.second == 0 and at.microsecond == 0
+
+
+def _counts_from_rollups(filters: ExplorerFilters) -> bool:
+    """Return whether the rollups hold the exact count of the filters' matches.
+
+    They do when every filter is on a rollup dimension and the range starts
+    and ends on whole UTC hours.
+    """
+    return (
+        filters.status == "all"
+        and not filters.request_id
+        and _whole_hour(filters.start.astimezone(UTC))
+        and _whole_hour(filters.end.astimezone(UTC))
+    )
+
+
+def count_rows(con: duckdb.DuckDBPyConnection, filters: ExplorerFilters, cap: int) -> int:
     """Count matching calls, stopping at `cap` so a huge range stays cheap to count."""
-    matching = select(usage_events.c.request_id).where(*_conditions(filters)).limit(cap)
-    return conn.execute(select(func.count()).select_from(matching.subquery())).scalar_one()
+    if _counts_from_rollups(filters):
+        conditions, params = _dimension_conditions(filters, "h")
+        selects = []
+        values: list[Any] = []
+        for table, start, end in split_by_table(TimeRange(filters.start, filters.end)):
+            where = " AND ".join(["h.bucket_start >= ?", "h.bucket_start < ?", *conditions])
+            selects.append(f"SELECT h.requests FROM {table} AS h WHERE {where}")
+            values += [start, end, *params]
+        row = con.execute(
+            f"SELECT coalesce(sum(requests), 0)::BIGINT FROM ({' UNION ALL '.join(selects)})",
+            values,
+        ).fetchone()
+    else:
+        where, values = _conditions(filters, filters.start, filters.end)
+        row = con.execute(
+            "SELECT count(*) FROM "
+            f"(SELECT 1 FROM pg.public.usage_events AS e WHERE {where} LIMIT ?)",
+            [*values, cap],
+        ).fetchone()
+    assert row is not None
+    return min(int(row[0]), cap)
 
 
 def fetch_rows(
-    conn: Connection, filters: ExplorerFilters, limit: int = DEFAULT_PAGE_ROWS
+    con: duckdb.DuckDBPyConnection, filters: ExplorerFilters, limit: int = DEFAULT_PAGE_ROWS
 ) -> pd.DataFrame:
     """Return the newest `limit` matching calls as a frame with CSV_COLUMNS."""
-    query = _rows_query(filters).order_by(
-        usage_events.c.created_at.desc(), usage_events.c.request_id
-    )
-    rows = [_display_row(row) for row in conn.execute(query.limit(limit))]
-    return pd.DataFrame(rows, columns=list(CSV_COLUMNS))
+    window = FIRST_WINDOW
+    while True:
+        whole_range = window >= filters.end - filters.start
+        start = filters.start if whole_range else filters.end - window
+        where, params = _conditions(filters, start, filters.end)
+        sql = _ROWS_SQL.format(where=where) + "ORDER BY e.created_at DESC, e.request_id LIMIT ?"
+        rows = _arrow_rows(con.execute(sql, [*params, limit]).to_arrow_table())
+        # Every call before `start` is older than these rows, so once the
+        # window contains `limit` rows they are the newest of the whole range.
+        if len(rows) >= limit or start == filters.start:
+            break
+        window *= WINDOW_GROWTH
+    return pd.DataFrame([_display_row(row) for row in rows], columns=list(CSV_COLUMNS))
+
+
+def _export_slices(filters: ExplorerFilters) -> Iterator[tuple[datetime, datetime]]:
+    start = filters.start
+    while start < filters.end:
+        end = min(start + EXPORT_SLICE, filters.end)
+        yield start, end
+        start = end
 
 
 def write_csv(
-    conn: Connection,
+    con: duckdb.DuckDBPyConnection,
     filters: ExplorerFilters,
     out: TextIO,
     *,
     chunk_rows: int = EXPORT_CHUNK_ROWS,
 ) -> int:
-    """Write every matching call to `out` as CSV, oldest first; return the row count.
-
-    Rows arrive from a server-side cursor `chunk_rows` at a time.
-    """
+    """Write every matching call to `out` as CSV, oldest first; return the row count."""
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS)
-    query = _rows_query(filters).order_by(usage_events.c.created_at, usage_events.c.request_id)
     written = 0
-    result = conn.execution_options(yield_per=chunk_rows).execute(query)
-    for chunk in result.partitions():
-        for row in chunk:
-            writer.writerow(_csv_row(row))
-        written += len(chunk)
+    for start, end in _export_slices(filters):
+        where, params = _conditions(filters, start, end)
+        sql = _ROWS_SQL.format(where=where) + "ORDER BY e.created_at, e.request_id"
+        reader = con.execute(sql, params).fetch_record_batch(chunk_rows)
+        for batch in reader:
+            for row in _arrow_rows(batch):
+                writer.writerow(_csv_row(row))
+            written += batch.num_rows
     return written
 
 
 def export_csv_file(
-    engine: Engine, filters: ExplorerFilters, *, chunk_rows: int = EXPORT_CHUNK_ROWS
+    con: duckdb.DuckDBPyConnection,
+    filters: ExplorerFilters,
+    *,
+    chunk_rows: int = EXPORT_CHUNK_ROWS,
 ) -> BinaryIO:
-    """Write the export to an unlinked temporary file and return it open for reading."""
+    """Write the export to an unlinked temporary file and return it open for reading.
+
+    The export runs on its own cursor of `con`, so it may run in another thread.
+    """
 
     def write(out: TextIO) -> None:
-        with engine.connect() as conn:
-            written = write_csv(conn, filters, out, chunk_rows=chunk_rows)
+        with con.cursor() as cursor:
+            written = write_csv(cursor, filters, out, chunk_rows=chunk_rows)
         logger.info("exported %d usage rows to CSV", written)
 
     return spool_to_file(write)

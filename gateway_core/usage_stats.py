@@ -1,16 +1,14 @@
 """Spend, traffic and latency figures for the Overview, Team spend and Model analytics pages.
 
-Counts, tokens and cost come from the hourly rollup `usage_hourly`, so a
-query reads at most one row per hour and dimension combination instead of
-one per call. Latency percentiles need the individual calls, so they are
-computed from `usage_events`, whose `created_at` index limits the scan to
-the range.
+The queries run in DuckDB over the Postgres database that
+`gateway_core.analytics.connect` attaches. Counts, tokens and cost come from
+the rollups: `usage_daily` for whole UTC days inside a range and
+`usage_hourly` for the hours at its edges, so a query reads at most one row
+per day or hour and dimension combination instead of one per call. Latency
+percentiles need the individual calls, so they read `usage_events`, and the
+pushed-down time filter lets Postgres use its `created_at` index.
 
-These queries run in Postgres through SQLAlchemy rather than through DuckDB.
-DuckDB 1.5.5's postgres_scanner reads a table of more than 1,000 pages in
-ctid ranges that together cover every page (pg_debug_show_queries lists
-them), so Postgres cannot use the indexes that keep these queries short.
-Every filter value is a bound parameter. Costs are `Decimal`.
+Every filter value is a bound `?` parameter. Costs are `Decimal`.
 """
 
 from __future__ import annotations
@@ -19,19 +17,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import duckdb
 import pandas as pd
-from sqlalchemy import ColumnElement, Connection, Select, func, select
 
+from gateway_core.analytics import to_frame
 from gateway_core.errors import InvalidRequestError
-from gateway_core.schema import (
-    api_keys,
-    organizations,
-    projects,
-    teams,
-    usage_daily,
-    usage_events,
-    usage_hourly,
-)
+from gateway_core.rollups import rollup_source
 from gateway_core.time_ranges import BUCKET_UNITS, TimeRange
 
 NO_TEAM = "(no team)"
@@ -99,12 +90,10 @@ class OrganizationNames:
     models: tuple[str, ...]
 
 
-def list_organizations(conn: Connection) -> list[Organization]:
-    rows = conn.execute(
-        select(organizations.c.id, organizations.c.name, organizations.c.timezone).order_by(
-            organizations.c.name
-        )
-    )
+def list_organizations(con: duckdb.DuckDBPyConnection) -> list[Organization]:
+    rows = con.execute(
+        "SELECT id, name, timezone FROM pg.public.organizations ORDER BY name, id"
+    ).fetchall()
     return [Organization(*row) for row in rows]
 
 
@@ -115,78 +104,96 @@ def key_label(name: str | None, prefix: str | None, last4: str | None) -> str:
     return f"{name} ({prefix}…{last4})"
 
 
-def _rollup_filter(scope: UsageScope, time_range: TimeRange) -> list[ColumnElement[bool]]:
-    h = usage_hourly.c
-    conditions = [
-        h.organization_id == scope.organization_id,
-        h.bucket_start >= time_range.start,
-        h.bucket_start < time_range.end,
-    ]
-    if scope.team_id is not None:
-        conditions.append(h.team_id == scope.team_id)
-    if scope.project_id is not None:
-        conditions.append(h.project_id == scope.project_id)
-    return conditions
+# Sums over rollup rows, with the column names of spend_by's frames. DuckDB sums
+# BIGINT as HUGEINT, so counts are cast back to BIGINT.
+_ROLLUP_SUMS = """
+    sum(h.requests)::BIGINT AS requests,
+    sum(h.errors)::BIGINT AS errors,
+    sum(h.prompt_tokens)::BIGINT AS prompt_tokens,
+    sum(h.completion_tokens)::BIGINT AS completion_tokens,
+    sum(h.cost_usd) AS cost_usd"""
+_ROLLUP_MEASURES = (
+    "requests",
+    "errors",
+    "retried",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+)
 
 
-def _event_filter(scope: UsageScope, time_range: TimeRange) -> list[ColumnElement[bool]]:
-    e = usage_events.c
-    conditions = [
-        e.organization_id == scope.organization_id,
-        e.created_at >= time_range.start,
-        e.created_at < time_range.end,
-    ]
-    if scope.team_id is not None:
-        conditions.append(e.team_id == scope.team_id)
-    if scope.project_id is not None:
-        conditions.append(e.project_id == scope.project_id)
-    return conditions
+def _scope_equal(scope: UsageScope) -> dict[str, Any]:
+    return {
+        "organization_id": scope.organization_id,
+        "team_id": scope.team_id,
+        "project_id": scope.project_id,
+    }
 
 
-def _frame(conn: Connection, query: Select) -> pd.DataFrame:
-    result = conn.execute(query)
-    return pd.DataFrame(result.all(), columns=list(result.keys()))
+def _event_filter(scope: UsageScope, time_range: TimeRange) -> tuple[str, list[Any]]:
+    """Return the WHERE conditions on usage_events `e` for the scope and range, and their values."""
+    conditions = ["e.organization_id = ?", "e.created_at >= ?", "e.created_at < ?"]
+    params: list[Any] = [scope.organization_id, time_range.start, time_range.end]
+    for column, value in (("team_id", scope.team_id), ("project_id", scope.project_id)):
+        if value is not None:
+            conditions.append(f"e.{column} = ?")
+            params.append(value)
+    return " AND ".join(conditions), params
 
 
-def usage_totals(conn: Connection, scope: UsageScope, time_range: TimeRange) -> UsageTotals:
+def usage_totals(
+    con: duckdb.DuckDBPyConnection, scope: UsageScope, time_range: TimeRange
+) -> UsageTotals:
     """Return request, error and token counts and cost of the calls in the range."""
-    h = usage_hourly.c
-    row = conn.execute(
-        select(
-            func.coalesce(func.sum(h.requests), 0),
-            func.coalesce(func.sum(h.errors), 0),
-            func.coalesce(func.sum(h.retried), 0),
-            func.coalesce(func.sum(h.prompt_tokens), 0),
-            func.coalesce(func.sum(h.completion_tokens), 0),
-            func.coalesce(func.sum(h.cost_usd), Decimal(0)),
-        ).where(*_rollup_filter(scope, time_range))
-    ).one()
+    source, params = rollup_source(_ROLLUP_MEASURES, _scope_equal(scope), time_range)
+    row = con.execute(
+        f"""
+        SELECT
+            coalesce(sum(requests), 0)::BIGINT,
+            coalesce(sum(errors), 0)::BIGINT,
+            coalesce(sum(retried), 0)::BIGINT,
+            coalesce(sum(prompt_tokens), 0)::BIGINT,
+            coalesce(sum(completion_tokens), 0)::BIGINT,
+            coalesce(sum(cost_usd), 0::DECIMAL(38, 10))
+        FROM ({source})
+        """,
+        params,
+    ).fetchone()
+    assert row is not None
     return UsageTotals(*(int(value) for value in row[:5]), cost_usd=Decimal(row[5]))
 
 
 def latency_percentiles(
-    conn: Connection, scope: UsageScope, time_range: TimeRange
+    con: duckdb.DuckDBPyConnection, scope: UsageScope, time_range: TimeRange
 ) -> LatencyPercentiles:
     """Return p50 and p95 of latency and time to first token over successful calls."""
-    e = usage_events.c
-    succeeded = e.status_code < 400
-
-    def percentile(fraction: float, column: Any) -> Any:
-        return func.percentile_cont(fraction).within_group(column).filter(succeeded)
-
-    row = conn.execute(
-        select(
-            percentile(0.5, e.latency_ms),
-            percentile(0.95, e.latency_ms),
-            percentile(0.5, e.ttft_ms),
-            percentile(0.95, e.ttft_ms),
-        ).where(*_event_filter(scope, time_range))
-    ).one()
+    # NOTE: exact percentiles need every call of the range in DuckDB. At about
+    # 27,000 calls a day, a 30-day range takes an estimated 3.5 s per call on
+    # a loaded 2-core machine (Overview timings in docs/benchmarks.md).
+    where, params = _event_filter(scope, time_range)
+    succeeded = "FILTER (WHERE e.status_code < 400)"
+    row = con.execute(
+        f"""
+        SELECT
+            quantile_cont(e.latency_ms, 0.5) {succeeded},
+            quantile_cont(e.latency_ms, 0.95) {succeeded},
+            quantile_cont(e.ttft_ms, 0.5) {succeeded},
+            quantile_cont(e.ttft_ms, 0.95) {succeeded}
+        FROM pg.public.usage_events AS e
+        WHERE {where}
+        """,
+        params,
+    ).fetchone()
+    assert row is not None
     return LatencyPercentiles(*row)
 
 
 def top_spenders(
-    conn: Connection, scope: UsageScope, time_range: TimeRange, by: str, limit: int = 10
+    con: duckdb.DuckDBPyConnection,
+    scope: UsageScope,
+    time_range: TimeRange,
+    by: str,
+    limit: int = 10,
 ) -> pd.DataFrame:
     """Return the `limit` models, teams or keys with the highest cost in the range.
 
@@ -194,12 +201,38 @@ def top_spenders(
     """
     if by not in TOP_DIMENSIONS:
         raise InvalidRequestError(f"by must be one of {', '.join(TOP_DIMENSIONS)}; got {by!r}")
-    frame = spend_by(conn, scope, time_range, by)
+    frame = spend_by(con, scope, time_range, by)
     return frame.head(limit).reset_index(drop=True)
 
 
+# Per dimension of spend_by: the rollup column, the name expression and its
+# join. `?` in the name expression is bound to the label of rows without a value.
+_SPEND_GROUPS = {
+    "model": ("model", "coalesce(h.model, ?)", "", NO_MODEL),
+    "team": (
+        "team_id",
+        "coalesce(t.name, ?)",
+        "LEFT JOIN pg.public.teams AS t ON t.id = h.team_id",
+        NO_TEAM,
+    ),
+    "project": (
+        "project_id",
+        "coalesce(p.name, ?)",
+        "LEFT JOIN pg.public.projects AS p ON p.id = h.project_id",
+        NO_PROJECT,
+    ),
+    "key": (
+        "api_key_id",
+        "CASE WHEN k.prefix IS NULL THEN ? "
+        "ELSE k.name || ' (' || k.prefix || '…' || k.last4 || ')' END",
+        "LEFT JOIN pg.public.api_keys AS k ON k.id = h.api_key_id",
+        NO_KEY,
+    ),
+}
+
+
 def spend_by(
-    conn: Connection, scope: UsageScope, time_range: TimeRange, dimension: str
+    con: duckdb.DuckDBPyConnection, scope: UsageScope, time_range: TimeRange, dimension: str
 ) -> pd.DataFrame:
     """Return requests, tokens and cost per model, team, project or key in the range.
 
@@ -207,63 +240,29 @@ def spend_by(
     cost_usd (Decimal), highest cost first. Names replace ids: a key is
     shown as "name (prefix…last4)".
     """
-    h = usage_hourly.c
-    sums = (
-        func.sum(h.requests).label("requests"),
-        func.sum(h.errors).label("errors"),
-        func.sum(h.prompt_tokens).label("prompt_tokens"),
-        func.sum(h.completion_tokens).label("completion_tokens"),
-        func.sum(h.cost_usd).label("cost_usd"),
-    )
-    where = _rollup_filter(scope, time_range)
-    if dimension == "model":
-        query = select(func.coalesce(h.model, NO_MODEL).label("name"), *sums).group_by(h.model)
-    elif dimension == "team":
-        query = (
-            select(func.coalesce(teams.c.name, NO_TEAM).label("name"), *sums)
-            .select_from(usage_hourly.outerjoin(teams, teams.c.id == h.team_id))
-            .group_by(h.team_id, teams.c.name)
-        )
-    elif dimension == "project":
-        query = (
-            select(func.coalesce(projects.c.name, NO_PROJECT).label("name"), *sums)
-            .select_from(usage_hourly.outerjoin(projects, projects.c.id == h.project_id))
-            .group_by(h.project_id, projects.c.name)
-        )
-    elif dimension == "key":
-        return _spend_by_key(conn, sums, where)
-    else:
+    if dimension not in _SPEND_GROUPS:
         raise InvalidRequestError(
             f"dimension must be one of {', '.join(SPEND_DIMENSIONS)}; got {dimension!r}"
         )
-    query = query.where(*where).order_by(func.sum(h.cost_usd).desc(), func.sum(h.requests).desc())
-    return _frame(conn, query)
-
-
-def _spend_by_key(conn: Connection, sums: tuple, where: list) -> pd.DataFrame:
-    h = usage_hourly.c
-    k = api_keys.c
-    query = (
-        select(k.name.label("key_name"), k.prefix, k.last4, *sums)
-        .select_from(usage_hourly.outerjoin(api_keys, k.id == h.api_key_id))
-        .where(*where)
-        .group_by(h.api_key_id, k.name, k.prefix, k.last4)
-        .order_by(func.sum(h.cost_usd).desc(), func.sum(h.requests).desc())
-    )
-    frame = _frame(conn, query)
-    labels = [
-        key_label(name, prefix, last4)
-        for name, prefix, last4 in zip(
-            frame["key_name"], frame["prefix"], frame["last4"], strict=True
-        )
-    ]
-    frame = frame.drop(columns=["key_name", "prefix", "last4"])
-    frame.insert(0, "name", labels)
-    return frame
+    column, name, join, missing = _SPEND_GROUPS[dimension]
+    source, params = rollup_source((column, *_ROLLUP_MEASURES), _scope_equal(scope), time_range)
+    sql = f"""
+        SELECT h.{column} AS group_id, {name} AS name, {_ROLLUP_SUMS}
+        FROM ({source}) AS h
+        {join}
+        GROUP BY ALL
+        ORDER BY sum(h.cost_usd) DESC, sum(h.requests) DESC, name
+    """
+    frame = to_frame(con.execute(sql, [missing, *params]))
+    return frame.drop(columns=["group_id"])
 
 
 def spend_over_time(
-    conn: Connection, scope: UsageScope, time_range: TimeRange, unit: str, timezone: str
+    con: duckdb.DuckDBPyConnection,
+    scope: UsageScope,
+    time_range: TimeRange,
+    unit: str,
+    timezone: str,
 ) -> pd.DataFrame:
     """Return requests and cost per local time bucket and model in the range.
 
@@ -273,35 +272,48 @@ def spend_over_time(
     """
     if unit not in BUCKET_UNITS:
         raise InvalidRequestError(f"unit must be one of {', '.join(BUCKET_UNITS)}; got {unit!r}")
-    h = usage_hourly.c
     # NOTE: hourly rollups start on whole UTC hours, so in zones whose offset
     # is not a whole number of hours (such as +05:30) each local bucket is
     # shifted by that fraction of an hour.
-    local_bucket = func.timezone(timezone, func.date_trunc(unit, h.bucket_start, timezone))
-    per_hour = (
-        select(
-            local_bucket.label("bucket"),
-            func.coalesce(h.model, NO_MODEL).label("model"),
-            h.requests,
-            h.cost_usd,
-        )
-        .where(*_rollup_filter(scope, time_range))
-        .subquery()
+    source, params = rollup_source(
+        ("bucket_start", "model", "requests", "cost_usd"),
+        _scope_equal(scope),
+        time_range,
+        hourly_only=True,
     )
-    query = (
-        select(
-            per_hour.c.bucket,
-            per_hour.c.model,
-            func.sum(per_hour.c.requests).label("requests"),
-            func.sum(per_hour.c.cost_usd).label("cost_usd"),
-        )
-        .group_by(per_hour.c.bucket, per_hour.c.model)
-        .order_by(per_hour.c.bucket, per_hour.c.model)
-    )
-    return _frame(conn, query)
+    sql = f"""
+        SELECT
+            date_trunc(?, timezone(?, h.bucket_start)) AS bucket,
+            coalesce(h.model, ?) AS model,
+            sum(h.requests)::BIGINT AS requests,
+            sum(h.cost_usd) AS cost_usd
+        FROM ({source}) AS h
+        GROUP BY ALL
+        ORDER BY bucket, model
+    """
+    return to_frame(con.execute(sql, [unit, timezone, NO_MODEL, *params]))
 
 
-def model_stats(conn: Connection, scope: UsageScope, time_range: TimeRange) -> pd.DataFrame:
+_MODEL_STATS_COLUMNS = [
+    "model",
+    "provider",
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "cost_per_1k_requests",
+    "error_rate",
+    "retry_rate",
+    "latency_p50",
+    "latency_p95",
+    "latency_p99",
+    "ttft_p50",
+]
+
+
+def model_stats(
+    con: duckdb.DuckDBPyConnection, scope: UsageScope, time_range: TimeRange
+) -> pd.DataFrame:
     """Return traffic, cost, error and retry rates and latency percentiles per model and provider.
 
     Columns: model, provider, requests, prompt_tokens, completion_tokens,
@@ -310,112 +322,105 @@ def model_stats(conn: Connection, scope: UsageScope, time_range: TimeRange) -> p
     latency_p50, latency_p95, latency_p99 and ttft_p50 in milliseconds over
     successful calls. Ordered by requests, most first.
     """
-    h = usage_hourly.c
-    totals = _frame(
-        conn,
-        select(
-            func.coalesce(h.model, NO_MODEL).label("model"),
-            func.coalesce(h.provider, "").label("provider"),
-            func.sum(h.requests).label("requests"),
-            func.sum(h.errors).label("errors"),
-            func.sum(h.retried).label("retried"),
-            func.sum(h.prompt_tokens).label("prompt_tokens"),
-            func.sum(h.completion_tokens).label("completion_tokens"),
-            func.sum(h.cost_usd).label("cost_usd"),
-        )
-        .where(*_rollup_filter(scope, time_range))
-        .group_by(h.model, h.provider),
+    source, params = rollup_source(
+        ("model", "provider", *_ROLLUP_MEASURES), _scope_equal(scope), time_range
     )
-    columns = [
-        "model",
-        "provider",
-        "requests",
-        "prompt_tokens",
-        "completion_tokens",
-        "cost_usd",
-        "cost_per_1k_requests",
-        "error_rate",
-        "retry_rate",
-        "latency_p50",
-        "latency_p95",
-        "latency_p99",
-        "ttft_p50",
-    ]
+    totals = to_frame(
+        con.execute(
+            f"""
+            SELECT
+                coalesce(h.model, ?) AS model,
+                coalesce(h.provider, '') AS provider,
+                sum(h.retried)::BIGINT AS retried,
+                {_ROLLUP_SUMS}
+            FROM ({source}) AS h
+            GROUP BY h.model, h.provider
+            """,
+            [NO_MODEL, *params],
+        )
+    )
     if totals.empty:
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=_MODEL_STATS_COLUMNS)
     requests = totals["requests"].astype("int64")
     totals["cost_per_1k_requests"] = [
         (cost * 1000 / int(count)).quantize(COST_QUANTUM)
         for cost, count in zip(totals["cost_usd"], requests, strict=True)
     ]
-    totals["error_rate"] = totals["errors"] / requests
-    totals["retry_rate"] = totals["retried"] / requests
+    totals["error_rate"] = totals["errors"].astype("int64") / requests
+    totals["retry_rate"] = totals["retried"].astype("int64") / requests
     merged = totals.merge(
-        _model_latency(conn, scope, time_range), on=["model", "provider"], how="left"
+        _model_latency(con, scope, time_range), on=["model", "provider"], how="left"
     )
-    return merged.sort_values(["requests", "model"], ascending=[False, True])[columns].reset_index(
-        drop=True
-    )
+    ordered = merged.sort_values(["requests", "model"], ascending=[False, True])
+    return ordered[_MODEL_STATS_COLUMNS].reset_index(drop=True)
 
 
-def _model_latency(conn: Connection, scope: UsageScope, time_range: TimeRange) -> pd.DataFrame:
-    e = usage_events.c
-    succeeded = e.status_code < 400
-
-    def percentile(fraction: float, column: Any) -> Any:
-        return func.percentile_cont(fraction).within_group(column).filter(succeeded)
-
-    model = func.coalesce(e.model, NO_MODEL)
-    provider = func.coalesce(e.provider, "")
-    query = (
-        select(
-            model.label("model"),
-            provider.label("provider"),
-            percentile(0.5, e.latency_ms).label("latency_p50"),
-            percentile(0.95, e.latency_ms).label("latency_p95"),
-            percentile(0.99, e.latency_ms).label("latency_p99"),
-            percentile(0.5, e.ttft_ms).label("ttft_p50"),
-        )
-        .where(*_event_filter(scope, time_range))
-        .group_by(e.model, e.provider)
-    )
-    return _frame(conn, query)
+def _model_latency(
+    con: duckdb.DuckDBPyConnection, scope: UsageScope, time_range: TimeRange
+) -> pd.DataFrame:
+    where, params = _event_filter(scope, time_range)
+    succeeded = "FILTER (WHERE e.status_code < 400)"
+    sql = f"""
+        SELECT
+            coalesce(e.model, ?) AS model,
+            coalesce(e.provider, '') AS provider,
+            quantile_cont(e.latency_ms, 0.5) {succeeded} AS latency_p50,
+            quantile_cont(e.latency_ms, 0.95) {succeeded} AS latency_p95,
+            quantile_cont(e.latency_ms, 0.99) {succeeded} AS latency_p99,
+            quantile_cont(e.ttft_ms, 0.5) {succeeded} AS ttft_p50
+        FROM pg.public.usage_events AS e
+        WHERE {where}
+        GROUP BY e.model, e.provider
+    """
+    return to_frame(con.execute(sql, [NO_MODEL, *params]))
 
 
-def organization_names(conn: Connection, organization_id: int) -> OrganizationNames:
+def organization_names(con: duckdb.DuckDBPyConnection, organization_id: int) -> OrganizationNames:
     """Return the names that filters and tables of one organization show in place of ids."""
-    team_rows = conn.execute(
-        select(teams.c.id, teams.c.name)
-        .where(teams.c.organization_id == organization_id)
-        .order_by(teams.c.name)
-    ).all()
+    team_rows = con.execute(
+        "SELECT id, name FROM pg.public.teams WHERE organization_id = ? ORDER BY name, id",
+        [organization_id],
+    ).fetchall()
     team_names = {team_id: name for team_id, name in team_rows}
-    project_rows = conn.execute(
-        select(projects.c.id, projects.c.team_id, projects.c.name)
-        .where(projects.c.team_id.in_(team_names))
-        .order_by(projects.c.name)
-    ).all()
-    k = api_keys.c
-    key_rows = conn.execute(
-        select(k.id, k.team_id, k.name, k.prefix, k.last4)
-        .where(k.team_id.in_(team_names))
-        .order_by(k.name, k.id)
-    ).all()
+    project_rows = con.execute(
+        """
+        SELECT p.id, p.team_id, p.name
+        FROM pg.public.projects AS p
+        JOIN pg.public.teams AS t ON t.id = p.team_id
+        WHERE t.organization_id = ?
+        ORDER BY p.name, p.id
+        """,
+        [organization_id],
+    ).fetchall()
+    key_rows = con.execute(
+        """
+        SELECT k.id, k.team_id, k.name, k.prefix, k.last4
+        FROM pg.public.api_keys AS k
+        JOIN pg.public.teams AS t ON t.id = k.team_id
+        WHERE t.organization_id = ?
+        ORDER BY k.name, k.id
+        """,
+        [organization_id],
+    ).fetchall()
     # The daily rollup is the smallest table that lists every model used.
-    d = usage_daily.c
-    models = conn.execute(
-        select(d.model)
-        .where(d.organization_id == organization_id, d.model.is_not(None))
-        .distinct()
-        .order_by(d.model)
-    ).scalars()
+    models = con.execute(
+        """
+        SELECT DISTINCT model FROM pg.public.usage_daily
+        WHERE organization_id = ? AND model IS NOT NULL
+        ORDER BY model
+        """,
+        [organization_id],
+    ).fetchall()
     return OrganizationNames(
         teams=team_names,
-        projects={row.id: f"{team_names[row.team_id]} / {row.name}" for row in project_rows},
-        keys={
-            row.id: f"{team_names[row.team_id]} / {key_label(row.name, row.prefix, row.last4)}"
-            for row in key_rows
+        projects={
+            project_id: f"{team_names[team_id]} / {name}"
+            for project_id, team_id, name in project_rows
         },
-        project_teams={row.id: row.team_id for row in project_rows},
-        models=tuple(models),
+        keys={
+            key_id: f"{team_names[team_id]} / {key_label(name, prefix, last4)}"
+            for key_id, team_id, name, prefix, last4 in key_rows
+        },
+        project_teams={project_id: team_id for project_id, team_id, _ in project_rows},
+        models=tuple(model for (model,) in models),
     )

@@ -1,8 +1,8 @@
 """Usage explorer page: find individual calls by time, team, project, key, model and status.
 
 The table shows the newest matching calls. The CSV export contains every match:
-when its button is clicked, a deferred callable reads the rows from a
-server-side cursor in chunks into a temporary file and hands Streamlit the
+when its button is clicked, a deferred callable reads the rows through
+DuckDB in record batches into a temporary file and hands Streamlit the
 open file, so the rows never sit in memory as a table. Streamlit still
 holds the finished file's bytes in memory to serve the download.
 
@@ -16,14 +16,12 @@ from __future__ import annotations
 import logging
 from datetime import UTC, date, datetime, timedelta
 
+import duckdb
 import pandas as pd
 import streamlit as st
-from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from gateway_core import explorer, usage_stats
+from gateway_core import analytics, explorer, usage_stats
 from gateway_core.config import Settings
-from gateway_core.db import get_engine
 from gateway_core.errors import GatewayError
 from gateway_core.explorer import ExplorerFilters
 from gateway_core.time_ranges import day_range, zone_info
@@ -46,27 +44,30 @@ if PAGE_NAME not in st.session_state.get("gatewayz_allowed_pages", ()):
 
 
 @st.cache_resource
-def engine_for(database_url: str) -> Engine:
-    return get_engine(database_url)
+def duckdb_for(database_url: str) -> duckdb.DuckDBPyConnection:
+    """Open one DuckDB with Postgres attached per process. Each query uses its own cursor."""
+    return analytics.connect(database_url)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def load_organizations(database_url: str) -> list[Organization]:
-    with engine_for(database_url).connect() as conn:
-        return usage_stats.list_organizations(conn)
+    with duckdb_for(database_url).cursor() as cursor:
+        return usage_stats.list_organizations(cursor)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def load_names(database_url: str, organization_id: int) -> OrganizationNames:
-    with engine_for(database_url).connect() as conn:
-        return usage_stats.organization_names(conn, organization_id)
+    with duckdb_for(database_url).cursor() as cursor:
+        return usage_stats.organization_names(cursor, organization_id)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def load_rows(database_url: str, filters: ExplorerFilters) -> tuple[int, pd.DataFrame]:
-    with engine_for(database_url).connect() as conn:
-        count = explorer.count_rows(conn, filters, COUNT_CAP + 1)
-        return count, explorer.fetch_rows(conn, filters)
+    with duckdb_for(database_url).cursor() as cursor:
+        count = explorer.count_rows(cursor, filters, COUNT_CAP + 1)
+        if count == 0:
+            return 0, pd.DataFrame(columns=list(explorer.CSV_COLUMNS))
+        return count, explorer.fetch_rows(cursor, filters)
 
 
 def preselected_ids(name: str, known: dict[int, str]) -> list[int]:
@@ -154,8 +155,8 @@ url = settings.analytics_database_url
 
 try:
     organizations = load_organizations(url)
-except SQLAlchemyError as error:
-    logger.error("reading organizations failed: %s", error)
+except duckdb.Error as error:
+    logger.error("reading organizations failed: %s", analytics.redact_password(str(error), url))
     st.error("Cannot read from Postgres. Check that the database is running, then reload.")
     st.stop()
 if not organizations:
@@ -267,8 +268,8 @@ except GatewayError as error:
 try:
     with st.spinner("Finding calls…"):
         count, rows = load_rows(url, filters)
-except SQLAlchemyError as error:
-    logger.error("usage explorer query failed: %s", error)
+except duckdb.Error as error:
+    logger.error("usage explorer query failed: %s", analytics.redact_password(str(error), url))
     st.error("Could not read calls from Postgres. Reload the page to try again.")
     st.stop()
 
@@ -276,11 +277,11 @@ if count == 0:
     st.info("No calls match these filters. Widen the days or clear a filter.")
     st.stop()
 render_rows(count, rows)
-engine = engine_for(url)
+con = duckdb_for(url)
 st.download_button(
     "Export CSV",
-    # Runs in a separate thread when clicked, with its own database connection.
-    data=lambda: explorer.export_csv_file(engine, filters),
+    # Runs in a separate thread when clicked, with its own DuckDB cursor.
+    data=lambda: explorer.export_csv_file(con, filters),
     file_name=f"usage-{dates[0].isoformat()}-to-{dates[1].isoformat()}.csv",
     mime="text/csv",
     icon=":material/download:",

@@ -1,7 +1,8 @@
 """Model analytics page: traffic, cost, reliability and speed per model and provider.
 
-Requests, tokens, cost, errors and retries come from the hourly rollups;
-latency percentiles from the individual successful calls. A call counts as
+Queries run in DuckDB over the attached Postgres database. Requests,
+tokens, cost, errors and retries come from the daily and hourly rollups,
+and latency percentiles from the individual successful calls. A call counts as
 retried when it needed more than one upstream attempt, whether the same
 provider was retried or a fallback model returned the response.
 """
@@ -11,16 +12,14 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
+import duckdb
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 from plotly.graph_objects import Figure
-from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from gateway_core import usage_stats
+from gateway_core import analytics, usage_stats
 from gateway_core.config import Settings
-from gateway_core.db import get_engine
 from gateway_core.errors import GatewayError
 from gateway_core.time_ranges import TimeRange, day_range, zone_info
 from gateway_core.usage_stats import Organization, OrganizationNames, UsageScope
@@ -38,26 +37,27 @@ if PAGE_NAME not in st.session_state.get("gatewayz_allowed_pages", ()):
 
 
 @st.cache_resource
-def engine_for(database_url: str) -> Engine:
-    return get_engine(database_url)
+def duckdb_for(database_url: str) -> duckdb.DuckDBPyConnection:
+    """Open one DuckDB with Postgres attached per process. Each query uses its own cursor."""
+    return analytics.connect(database_url)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def load_organizations(database_url: str) -> list[Organization]:
-    with engine_for(database_url).connect() as conn:
-        return usage_stats.list_organizations(conn)
+    with duckdb_for(database_url).cursor() as cursor:
+        return usage_stats.list_organizations(cursor)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def load_names(database_url: str, organization_id: int) -> OrganizationNames:
-    with engine_for(database_url).connect() as conn:
-        return usage_stats.organization_names(conn, organization_id)
+    with duckdb_for(database_url).cursor() as cursor:
+        return usage_stats.organization_names(cursor, organization_id)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def load_model_stats(database_url: str, scope: UsageScope, time_range: TimeRange) -> pd.DataFrame:
-    with engine_for(database_url).connect() as conn:
-        return usage_stats.model_stats(conn, scope, time_range)
+    with duckdb_for(database_url).cursor() as cursor:
+        return usage_stats.model_stats(cursor, scope, time_range)
 
 
 def render_table(stats: pd.DataFrame) -> None:
@@ -169,8 +169,8 @@ url = settings.analytics_database_url
 
 try:
     organizations = load_organizations(url)
-except SQLAlchemyError as error:
-    logger.error("reading organizations failed: %s", error)
+except duckdb.Error as error:
+    logger.error("reading organizations failed: %s", analytics.redact_password(str(error), url))
     st.error("Cannot read from Postgres. Check that the database is running, then reload.")
     st.stop()
 if not organizations:
@@ -214,8 +214,8 @@ scope = UsageScope(organization.id, team_id=None if team_id == ALL_TEAMS else te
 try:
     with st.spinner("Loading model analytics…"):
         stats = load_model_stats(url, scope, time_range)
-except SQLAlchemyError as error:
-    logger.error("model analytics query failed: %s", error)
+except duckdb.Error as error:
+    logger.error("model analytics query failed: %s", analytics.redact_password(str(error), url))
     st.error("Could not read usage from Postgres. Reload the page to try again.")
     st.stop()
 

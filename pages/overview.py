@@ -1,8 +1,9 @@
 """Overview page: spend, traffic, errors and latency of one organization at a glance.
 
-Each figure is compared with the period before. Counts and cost come from the
-hourly rollups, latency percentiles from the individual calls
-(gateway_core.usage_stats). Days and months follow the organization's time zone.
+Each figure is compared with the period before. Queries run in DuckDB
+(gateway_core.usage_stats): counts and cost come from the daily and hourly
+rollups, and latency percentiles from the individual calls. Days and months
+follow the organization's time zone.
 """
 
 from __future__ import annotations
@@ -11,15 +12,13 @@ import logging
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import duckdb
 import pandas as pd
 import plotly.express as px
 import streamlit as st
-from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from gateway_core import usage_stats
+from gateway_core import analytics, usage_stats
 from gateway_core.config import Settings
-from gateway_core.db import get_engine
 from gateway_core.time_ranges import PERIODS, TimeRange, period_range
 from gateway_core.usage_stats import LatencyPercentiles, Organization, UsageScope, UsageTotals
 
@@ -35,40 +34,41 @@ if PAGE_NAME not in st.session_state.get("gatewayz_allowed_pages", ()):
 
 
 @st.cache_resource
-def engine_for(database_url: str) -> Engine:
-    return get_engine(database_url)
+def duckdb_for(database_url: str) -> duckdb.DuckDBPyConnection:
+    """Open one DuckDB with Postgres attached per process. Each query uses its own cursor."""
+    return analytics.connect(database_url)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def load_organizations(database_url: str) -> list[Organization]:
-    with engine_for(database_url).connect() as conn:
-        return usage_stats.list_organizations(conn)
+    with duckdb_for(database_url).cursor() as cursor:
+        return usage_stats.list_organizations(cursor)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def load_totals(database_url: str, scope: UsageScope, time_range: TimeRange) -> UsageTotals:
-    with engine_for(database_url).connect() as conn:
-        return usage_stats.usage_totals(conn, scope, time_range)
+    with duckdb_for(database_url).cursor() as cursor:
+        return usage_stats.usage_totals(cursor, scope, time_range)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def load_latency(database_url: str, scope: UsageScope, time_range: TimeRange) -> LatencyPercentiles:
-    with engine_for(database_url).connect() as conn:
-        return usage_stats.latency_percentiles(conn, scope, time_range)
+    with duckdb_for(database_url).cursor() as cursor:
+        return usage_stats.latency_percentiles(cursor, scope, time_range)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def load_top(database_url: str, scope: UsageScope, time_range: TimeRange, by: str) -> pd.DataFrame:
-    with engine_for(database_url).connect() as conn:
-        return usage_stats.top_spenders(conn, scope, time_range, by, limit=TOP_ROWS)
+    with duckdb_for(database_url).cursor() as cursor:
+        return usage_stats.top_spenders(cursor, scope, time_range, by, limit=TOP_ROWS)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def load_spend_over_time(
     database_url: str, scope: UsageScope, time_range: TimeRange, unit: str, timezone: str
 ) -> pd.DataFrame:
-    with engine_for(database_url).connect() as conn:
-        return usage_stats.spend_over_time(conn, scope, time_range, unit, timezone)
+    with duckdb_for(database_url).cursor() as cursor:
+        return usage_stats.spend_over_time(cursor, scope, time_range, unit, timezone)
 
 
 def usd(amount: Decimal) -> str:
@@ -188,8 +188,11 @@ st.title("Overview")
 
 try:
     organizations = load_organizations(settings.analytics_database_url)
-except SQLAlchemyError as error:
-    logger.error("reading organizations failed: %s", error)
+except duckdb.Error as error:
+    logger.error(
+        "reading organizations failed: %s",
+        analytics.redact_password(str(error), settings.analytics_database_url),
+    )
     st.error("Cannot read from Postgres. Check that the database is running, then reload.")
     st.stop()
 if not organizations:
@@ -229,8 +232,9 @@ try:
             "Top teams": load_top(url, scope, current_range, "team"),
             "Top keys": load_top(url, scope, current_range, "key"),
         }
-except SQLAlchemyError as error:
-    logger.error("overview queries failed: %s", error)
+except duckdb.Error as error:
+    detail = analytics.redact_password(str(error), settings.analytics_database_url)
+    logger.error("overview queries failed: %s", detail)
     st.error("Could not read usage from Postgres. Reload the page to try again.")
     st.stop()
 

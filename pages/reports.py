@@ -12,12 +12,13 @@ import logging
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
+import duckdb
 import pandas as pd
 import streamlit as st
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway_core import directory, reports, usage_stats
+from gateway_core import analytics, directory, reports, usage_stats
 from gateway_core.config import Settings
 from gateway_core.db import get_engine
 from gateway_core.errors import GatewayError
@@ -42,10 +43,16 @@ def engine_for(database_url: str) -> Engine:
     return get_engine(database_url)
 
 
+@st.cache_resource
+def duckdb_for(database_url: str) -> duckdb.DuckDBPyConnection:
+    """Open one DuckDB with Postgres attached per process. Each query uses its own cursor."""
+    return analytics.connect(database_url)
+
+
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def load_organizations(database_url: str, version: tuple[int, ...]) -> list[Organization]:
-    with engine_for(database_url).connect() as conn:
-        return usage_stats.list_organizations(conn)
+    with duckdb_for(database_url).cursor() as cursor:
+        return usage_stats.list_organizations(cursor)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
@@ -56,8 +63,8 @@ def load_names(
 
     The cache is keyed by `version`, from directory_version, so new names show at once.
     """
-    with engine_for(database_url).connect() as conn:
-        return usage_stats.organization_names(conn, organization_id)
+    with duckdb_for(database_url).cursor() as cursor:
+        return usage_stats.organization_names(cursor, organization_id)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
@@ -68,8 +75,8 @@ def load_scope(database_url: str, team_id: int, project_id: int | None) -> Repor
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def load_summary(database_url: str, scope: ReportScope, first: date, end: date) -> pd.DataFrame:
-    with engine_for(database_url).connect() as conn:
-        return reports.report_summary(conn, scope, first, end)
+    with duckdb_for(database_url).cursor() as cursor:
+        return reports.report_summary(cursor, scope, first, end)
 
 
 def file_name(scope: ReportScope, first: date, last: date) -> str:
@@ -128,8 +135,8 @@ try:
     with engine_for(url).connect() as conn:
         version = directory.directory_version(conn)
     organizations = load_organizations(url, version)
-except SQLAlchemyError as error:
-    logger.error("reading organizations failed: %s", error)
+except (SQLAlchemyError, duckdb.Error) as error:
+    logger.error("reading organizations failed: %s", analytics.redact_password(str(error), url))
     st.error("Cannot read from Postgres. Check that the database is running, then reload.")
     st.stop()
 if not organizations:
@@ -181,8 +188,8 @@ except GatewayError as error:
     logger.info("research report for team %s not shown: %s", team_id, error.message)
     st.error(f"Report not shown: {error.message}.")
     st.stop()
-except SQLAlchemyError as error:
-    logger.error("research report query failed: %s", error)
+except (duckdb.Error, SQLAlchemyError) as error:
+    logger.error("research report query failed: %s", analytics.redact_password(str(error), url))
     st.error("Could not read usage from Postgres. Reload the page to try again.")
     st.stop()
 
@@ -194,11 +201,11 @@ if summary.empty:
     )
 else:
     render_summary(summary)
-engine = engine_for(url)
+con = duckdb_for(url)
 st.download_button(
     "Download CSV",
-    # Runs in a separate thread when clicked, with its own database connection.
-    data=lambda: reports.export_report_file(engine, scope, first, end),
+    # Runs in a separate thread when clicked, with its own DuckDB cursor.
+    data=lambda: reports.export_report_file(con, scope, first, end),
     file_name=file_name(scope, first, last),
     mime="text/csv",
     icon=":material/download:",

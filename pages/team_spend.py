@@ -2,8 +2,8 @@
 
 Pick a team, and optionally one of its projects, to see spend per day, week
 or month stacked by model, with the budget of that period drawn as a line,
-and the split by project and by key. Figures come from the hourly rollups
-and follow the organization's time zone.
+and the split by project and by key. Figures come from the daily and
+hourly rollups, read through DuckDB, and follow the organization's time zone.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import duckdb
 import pandas as pd
 import plotly.express as px
 import streamlit as st
@@ -19,7 +20,7 @@ from plotly.graph_objects import Figure
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway_core import budgets, directory, usage_stats
+from gateway_core import analytics, budgets, directory, usage_stats
 from gateway_core.config import Settings
 from gateway_core.db import get_engine
 from gateway_core.errors import GatewayError
@@ -46,10 +47,16 @@ def engine_for(database_url: str) -> Engine:
     return get_engine(database_url)
 
 
+@st.cache_resource
+def duckdb_for(database_url: str) -> duckdb.DuckDBPyConnection:
+    """Open one DuckDB with Postgres attached per process. Each query uses its own cursor."""
+    return analytics.connect(database_url)
+
+
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def load_organizations(database_url: str, version: tuple[int, ...]) -> list[Organization]:
-    with engine_for(database_url).connect() as conn:
-        return usage_stats.list_organizations(conn)
+    with duckdb_for(database_url).cursor() as cursor:
+        return usage_stats.list_organizations(cursor)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
@@ -60,24 +67,24 @@ def load_names(
 
     The cache is keyed by `version`, from directory_version, so new names show at once.
     """
-    with engine_for(database_url).connect() as conn:
-        return usage_stats.organization_names(conn, organization_id)
+    with duckdb_for(database_url).cursor() as cursor:
+        return usage_stats.organization_names(cursor, organization_id)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def load_spend_by(
     database_url: str, scope: UsageScope, time_range: TimeRange, dimension: str
 ) -> pd.DataFrame:
-    with engine_for(database_url).connect() as conn:
-        return usage_stats.spend_by(conn, scope, time_range, dimension)
+    with duckdb_for(database_url).cursor() as cursor:
+        return usage_stats.spend_by(cursor, scope, time_range, dimension)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
 def load_spend_over_time(
     database_url: str, scope: UsageScope, time_range: TimeRange, unit: str, timezone: str
 ) -> pd.DataFrame:
-    with engine_for(database_url).connect() as conn:
-        return usage_stats.spend_over_time(conn, scope, time_range, unit, timezone)
+    with duckdb_for(database_url).cursor() as cursor:
+        return usage_stats.spend_over_time(cursor, scope, time_range, unit, timezone)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
@@ -170,8 +177,8 @@ try:
     with engine_for(url).connect() as conn:
         version = directory.directory_version(conn)
     organizations = load_organizations(url, version)
-except SQLAlchemyError as error:
-    logger.error("reading organizations failed: %s", error)
+except (SQLAlchemyError, duckdb.Error) as error:
+    logger.error("reading organizations failed: %s", analytics.redact_password(str(error), url))
     st.error("Cannot read from Postgres. Check that the database is running, then reload.")
     st.stop()
 if not organizations:
@@ -238,8 +245,8 @@ try:
         by_project = load_spend_by(url, scope, time_range, "project")
         by_key = load_spend_by(url, scope, time_range, "key")
         statuses = load_budgets(url, *budget_scope, organization.timezone)
-except SQLAlchemyError as error:
-    logger.error("team spend queries failed: %s", error)
+except (duckdb.Error, SQLAlchemyError) as error:
+    logger.error("team spend queries failed: %s", analytics.redact_password(str(error), url))
     st.error("Could not read spend from Postgres. Reload the page to try again.")
     st.stop()
 

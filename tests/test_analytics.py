@@ -181,6 +181,21 @@ def test_usage_over_time_team_filter(con, seeded) -> None:
     }
 
 
+@pytest.mark.parametrize("bucket", ["hour", "day"])
+def test_usage_over_time_rollup_matches_calls(con, seeded, bucket: str) -> None:
+    # Whole-bucket bounds read the rollup. One microsecond earlier, with no
+    # call in it, the same sums come from usage_events.
+    from_rollup = analytics.usage_over_time(
+        con, start=DAY, end=DAY + timedelta(days=2), bucket=bucket
+    )
+    from_calls = analytics.usage_over_time(
+        con, start=DAY - timedelta(microseconds=1), end=DAY + timedelta(days=2), bucket=bucket
+    )
+
+    assert totals(from_rollup) == totals(from_calls)
+    assert len(from_rollup) == len(from_calls)
+
+
 def test_usage_over_time_end_is_exclusive(con, seeded) -> None:
     eleven = DAY + timedelta(hours=11)
     frame = analytics.usage_over_time(con, start=DAY, end=eleven, bucket="day")

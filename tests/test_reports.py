@@ -12,17 +12,19 @@ import csv
 import io
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import duckdb
 import pytest
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Engine, insert, select, text, update
 
-from gateway_core import reports
+from gateway_core import analytics, reports
 from gateway_core.directory import create_project, create_team
 from gateway_core.errors import InvalidRequestError, NotFoundError
 from gateway_core.keys import create_key
@@ -202,10 +204,19 @@ def seed_calls(engine: Engine, timezone: str = "America/New_York") -> Seeded:
     return seeded
 
 
-def report_csv(engine: Engine, scope: reports.ReportScope, first: date, end: date) -> str:
+@pytest.fixture
+def con(database_url: str) -> Iterator[duckdb.DuckDBPyConnection]:
+    """DuckDB with the test database attached, as the report queries read it."""
+    connection = analytics.connect(database_url)
+    yield connection
+    connection.close()
+
+
+def report_csv(
+    con: duckdb.DuckDBPyConnection, scope: reports.ReportScope, first: date, end: date
+) -> str:
     out = io.StringIO()
-    with engine.connect() as conn:
-        reports.write_report_csv(conn, scope, first, end, out, generated_at=GENERATED_AT)
+    reports.write_report_csv(con, scope, first, end, out, generated_at=GENERATED_AT)
     return out.getvalue()
 
 
@@ -220,11 +231,11 @@ def split_report(content: str) -> tuple[dict[str, str], list[str], list[list[str
 # Research report
 
 
-def test_team_report_days_in_new_york(engine: Engine) -> None:
+def test_team_report_days_in_new_york(engine: Engine, con: duckdb.DuckDBPyConnection) -> None:
     seeded = seed_calls(engine)
     with engine.connect() as conn:
         scope = reports.scope_for_team(conn, seeded.lab)
-        rows = list(reports.report_rows(conn, scope, date(2026, 3, 8), date(2026, 3, 11)))
+        rows = list(reports.report_rows(con, scope, date(2026, 3, 8), date(2026, 3, 11)))
 
     assert [(r.day.isoformat(), r.project, r.model) for r in rows] == [
         ("2026-03-08", "folding", MODEL_A),
@@ -248,13 +259,13 @@ def test_team_report_days_in_new_york(engine: Engine) -> None:
     ]
 
 
-def test_report_csv_layout(engine: Engine) -> None:
+def test_report_csv_layout(engine: Engine, con: duckdb.DuckDBPyConnection) -> None:
     seeded = seed_calls(engine)
     with engine.connect() as conn:
         scope = reports.find_scope(conn, team="Lab", project="folding")
 
     header, columns, rows = split_report(
-        report_csv(engine, scope, date(2026, 3, 8), date(2026, 3, 11))
+        report_csv(con, scope, date(2026, 3, 8), date(2026, 3, 11))
     )
 
     assert scope.project is not None
@@ -294,12 +305,12 @@ def test_report_csv_layout(engine: Engine) -> None:
     ]
 
 
-def test_team_report_totals_row(engine: Engine) -> None:
+def test_team_report_totals_row(engine: Engine, con: duckdb.DuckDBPyConnection) -> None:
     seed_calls(engine)
     with engine.connect() as conn:
         scope = reports.find_scope(conn, team="Lab")
 
-    header, _, rows = split_report(report_csv(engine, scope, date(2026, 3, 8), date(2026, 3, 11)))
+    header, _, rows = split_report(report_csv(con, scope, date(2026, 3, 8), date(2026, 3, 11)))
 
     assert header["Project"] == "all projects of team Lab"
     assert header["Principal investigator"] == "folding: Dr. Ada Lovelace; vision: Dr. Ben Okri"
@@ -309,11 +320,11 @@ def test_team_report_totals_row(engine: Engine) -> None:
     assert len(rows) == 7
 
 
-def test_report_in_utc_moves_boundary_calls(engine: Engine) -> None:
+def test_report_in_utc_moves_boundary_calls(engine: Engine, con: duckdb.DuckDBPyConnection) -> None:
     seeded = seed_calls(engine, timezone="UTC")
     with engine.connect() as conn:
         scope = reports.scope_for_team(conn, seeded.lab)
-        rows = list(reports.report_rows(conn, scope, date(2026, 3, 10), date(2026, 3, 11)))
+        rows = list(reports.report_rows(con, scope, date(2026, 3, 10), date(2026, 3, 11)))
 
     # In UTC, f1 falls on March 10 and t1 on March 11.
     assert [(r.project, r.model, r.cost_usd) for r in rows] == [
@@ -324,7 +335,7 @@ def test_report_in_utc_moves_boundary_calls(engine: Engine) -> None:
     assert [r.requests for r in rows] == [1, 2, 1]
 
 
-def test_half_hour_zone_reads_raw_calls(engine: Engine) -> None:
+def test_half_hour_zone_reads_raw_calls(engine: Engine, con: duckdb.DuckDBPyConnection) -> None:
     # Asia/Kolkata is UTC+05:30, so its midnight splits the 18:00 UTC hour.
     seeded = seed_directory(engine, timezone="Asia/Kolkata")
     with engine.begin() as conn:
@@ -351,7 +362,8 @@ def test_half_hour_zone_reads_raw_calls(engine: Engine) -> None:
             ],
         )
         scope = reports.scope_for_team(conn, seeded.lab)
-        rows = list(reports.report_rows(conn, scope, date(2026, 3, 9), date(2026, 3, 11)))
+    # DuckDB reads through its own Postgres connection, so after the commit.
+    rows = list(reports.report_rows(con, scope, date(2026, 3, 9), date(2026, 3, 11)))
 
     assert [(r.day.isoformat(), r.requests, r.input_tokens, r.cost_usd) for r in rows] == [
         ("2026-03-09", 1, 3, Decimal("0.25")),
@@ -359,34 +371,34 @@ def test_half_hour_zone_reads_raw_calls(engine: Engine) -> None:
     ]
 
 
-def test_report_summary_per_model(engine: Engine) -> None:
+def test_report_summary_per_model(engine: Engine, con: duckdb.DuckDBPyConnection) -> None:
     seed_calls(engine)
     with engine.connect() as conn:
         scope = reports.find_scope(conn, team="Lab", project="folding")
-        summary = reports.report_summary(conn, scope, date(2026, 3, 8), date(2026, 3, 11))
+        summary = reports.report_summary(con, scope, date(2026, 3, 8), date(2026, 3, 11))
 
     assert summary["model"].tolist() == [MODEL_B, MODEL_A]
     assert summary["requests"].tolist() == [1, 3]
     assert summary["cost_usd"].tolist() == [Decimal("2.5"), Decimal("0.1100012346")]
 
 
-def test_empty_report_has_zero_totals(engine: Engine) -> None:
+def test_empty_report_has_zero_totals(engine: Engine, con: duckdb.DuckDBPyConnection) -> None:
     seeded = seed_calls(engine)
     with engine.connect() as conn:
         scope = reports.scope_for_team(conn, seeded.lab, seeded.vision)
 
-    _, _, rows = split_report(report_csv(engine, scope, date(2025, 1, 1), date(2025, 2, 1)))
+    _, _, rows = split_report(report_csv(con, scope, date(2025, 1, 1), date(2025, 2, 1)))
 
     assert rows == [["TOTAL", "", "", "0", "0", "0", "0", "0.0000000000"]]
 
 
-def test_formula_names_written_as_text(engine: Engine) -> None:
+def test_formula_names_written_as_text(engine: Engine, con: duckdb.DuckDBPyConnection) -> None:
     with engine.begin() as conn:
         team = create_team(conn, '=HYPERLINK("http://x")').id
         create_project(conn, team, "@SUM(A1)", principal_investigator="-2+3", cost_centre="+1")
         scope = reports.find_scope(conn, team='=HYPERLINK("http://x")', project="@SUM(A1)")
 
-    header, _, _ = split_report(report_csv(engine, scope, date(2026, 3, 1), date(2026, 3, 2)))
+    header, _, _ = split_report(report_csv(con, scope, date(2026, 3, 1), date(2026, 3, 2)))
 
     assert header["Team"] == '\'=HYPERLINK("http://x")'
     assert header["Project"] == "'@SUM(A1)"

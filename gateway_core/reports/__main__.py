@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from sqlalchemy import Connection
+import duckdb
 
+from gateway_core import analytics
 from gateway_core.config import ConfigError, Settings
 from gateway_core.db import get_engine
 from gateway_core.directory import DEFAULT_ORGANIZATION
@@ -90,13 +91,16 @@ def write_research(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 1
-    engine = get_engine(settings.database_url)
-    with engine.connect() as conn:
+    with get_engine(settings.database_url).connect() as conn:
         scope = find_scope(conn, team=args.team, project=args.project, organization=args.org)
+    con = analytics.connect(settings.database_url)
+    try:
         if args.out is None:
-            totals = write_report_csv(conn, scope, args.start, args.end, sys.stdout)
+            totals = write_report_csv(con, scope, args.start, args.end, sys.stdout)
         else:
-            totals = write_to_file(conn, scope, args, args.out)
+            totals = write_to_file(con, scope, args, args.out)
+    finally:
+        con.close()
     destination = args.out or "standard output"
     print(
         f"wrote {totals.rows} rows, {totals.requests} requests, "
@@ -107,14 +111,14 @@ def write_research(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def write_to_file(
-    conn: Connection, scope: ReportScope, args: argparse.Namespace, path: Path
+    con: duckdb.DuckDBPyConnection, scope: ReportScope, args: argparse.Namespace, path: Path
 ) -> ReportTotals:
     """Write the report under a temporary name next to `path`, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".report-", suffix=".tmp")
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as out:
-            totals = write_report_csv(conn, scope, args.start, args.end, out)
+            totals = write_report_csv(con, scope, args.start, args.end, out)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -124,7 +128,11 @@ def write_to_file(
 
 def write_monthly_chargeback(args: argparse.Namespace, settings: Settings) -> int:
     month = args.month or previous_month(datetime.now(UTC).date())
-    files = write_chargeback(get_engine(settings.database_url), month, args.out_dir)
+    con = analytics.connect(settings.database_url)
+    try:
+        files = write_chargeback(get_engine(settings.database_url), con, month, args.out_dir)
+    finally:
+        con.close()
     for written in files:
         print(
             f"{written.path}\t{written.team_name}\t{written.totals.requests} requests\t"
@@ -144,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "research":
             return write_research(args, settings)
         return write_monthly_chargeback(args, settings)
-    except (ConfigError, GatewayError, OSError) as error:
+    except (ConfigError, GatewayError, OSError, duckdb.Error) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import duckdb
 from sqlalchemy import Engine, select
 
 from gateway_core.errors import InvalidRequestError
@@ -60,9 +61,17 @@ def chargeback_file_name(month: str, team_id: int, team_name: str) -> str:
 
 
 def write_chargeback(
-    engine: Engine, month: str, out_dir: Path, *, generated_at: datetime | None = None
+    engine: Engine,
+    con: duckdb.DuckDBPyConnection,
+    month: str,
+    out_dir: Path,
+    *,
+    generated_at: datetime | None = None,
 ) -> list[ChargebackFile]:
-    """Write one chargeback CSV per team, teams with no usage included, and return them."""
+    """Write one chargeback CSV per team, teams with no usage included, and return them.
+
+    Teams and their scopes are read through `engine`, the usage through DuckDB's `con`.
+    """
     first, end = month_bounds(month)
     out_dir.mkdir(parents=True, exist_ok=True)
     generated_at = generated_at or datetime.now(UTC)
@@ -71,15 +80,13 @@ def write_chargeback(
     written = []
     for team_id, team_name in team_rows:
         path = out_dir / chargeback_file_name(month, team_id, team_name)
+        with engine.connect() as conn:
+            scope = scope_for_team(conn, team_id)
         descriptor, temporary = tempfile.mkstemp(dir=out_dir, prefix=".chargeback-", suffix=".tmp")
         try:
-            with (
-                os.fdopen(descriptor, "w", encoding="utf-8", newline="") as out,
-                engine.connect() as conn,
-            ):
-                scope = scope_for_team(conn, team_id)
+            with os.fdopen(descriptor, "w", encoding="utf-8", newline="") as out:
                 totals = write_report_csv(
-                    conn,
+                    con,
                     scope,
                     first,
                     end,

@@ -6,9 +6,13 @@ local midnight in the range falls on a whole UTC hour. Otherwise (zones such
 as Asia/Kolkata at +05:30) the rows are summed from `usage_events`, because
 those local days split hourly buckets.
 
+The rows are summed in DuckDB over the Postgres database that
+`gateway_core.analytics.connect` attaches, with every value bound as a `?`
+parameter. Team and project lookups for the header use SQLAlchemy.
+
 The CSV starts with a header block of label and value rows, then a blank
-row, the column names, the data rows and a TOTAL row. Rows stream from a
-server-side cursor, so a report of any length is written in constant memory.
+row, the column names, the data rows and a TOTAL row. Rows arrive in Arrow
+record batches of STREAM_CHUNK_ROWS, so Python keeps one batch in memory at a time.
 """
 
 from __future__ import annotations
@@ -18,15 +22,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO
 
+import duckdb
 import pandas as pd
-from sqlalchemy import Connection, Date, Engine, Select, Subquery, cast, func, literal, select
+from sqlalchemy import Connection, select
 
+from gateway_core.analytics import to_frame
 from gateway_core.csv_cells import cell, spool_to_file, text_cell
 from gateway_core.directory import DEFAULT_ORGANIZATION
 from gateway_core.errors import NotFoundError
-from gateway_core.schema import organizations, projects, teams, usage_events, usage_hourly
+from gateway_core.rollups import rollup_source
+from gateway_core.schema import organizations, projects, teams
 from gateway_core.time_ranges import day_range, days_start_on_utc_hours
 from gateway_core.usage_stats import NO_MODEL, NO_PROJECT
 
@@ -167,110 +174,112 @@ def find_scope(
     return scope_for_team(conn, team_id, match.id)
 
 
-def _daily_source(scope: ReportScope, first: date, end: date) -> Subquery:
-    """Select local day, project, model and the measures from rollups or raw calls."""
+_MEASURES = ("requests", "prompt_tokens", "cached_tokens", "completion_tokens", "cost_usd")
+
+
+def _daily_source(scope: ReportScope, first: date, end: date) -> tuple[str, list[Any]]:
+    """Return SQL of local day, project, model and the measures from rollups or raw calls.
+
+    The first `?` of the SQL is the time zone, and the returned values start with it.
+    """
     time_range = day_range(first, end, scope.timezone)
+    project_id = None if scope.project is None else scope.project.id
     if days_start_on_utc_hours(first, end, scope.timezone):
-        h = usage_hourly.c
-        query: Select = select(
-            cast(func.timezone(scope.timezone, h.bucket_start), Date).label("day"),
-            h.project_id,
-            h.model,
-            h.requests,
-            h.prompt_tokens,
-            h.cached_tokens,
-            h.completion_tokens,
-            h.cost_usd,
-        ).where(
-            h.organization_id == scope.organization_id,
-            h.team_id == scope.team_id,
-            h.bucket_start >= time_range.start,
-            h.bucket_start < time_range.end,
+        source, params = rollup_source(
+            ("bucket_start", "project_id", "model", *_MEASURES),
+            {
+                "organization_id": scope.organization_id,
+                "team_id": scope.team_id,
+                "project_id": project_id,
+            },
+            time_range,
+            hourly_only=True,
         )
-        if scope.project is not None:
-            query = query.where(h.project_id == scope.project.id)
-        return query.subquery()
-    e = usage_events.c
-    query = select(
-        cast(func.timezone(scope.timezone, e.created_at), Date).label("day"),
-        e.project_id,
-        e.model,
-        literal(1).label("requests"),
-        e.prompt_tokens,
-        e.cached_tokens,
-        e.completion_tokens,
-        e.cost_usd,
-    ).where(
-        e.organization_id == scope.organization_id,
-        e.team_id == scope.team_id,
-        e.created_at >= time_range.start,
-        e.created_at < time_range.end,
-    )
-    if scope.project is not None:
-        query = query.where(e.project_id == scope.project.id)
-    return query.subquery()
+        sql = f"""
+            SELECT CAST(timezone(?, bucket_start) AS DATE) AS day, project_id, model,
+                requests, prompt_tokens, cached_tokens, completion_tokens, cost_usd
+            FROM ({source})
+        """
+        return sql, [scope.timezone, *params]
+    conditions = [
+        "organization_id = ?",
+        "team_id = ?",
+        "created_at >= ?",
+        "created_at < ?",
+    ]
+    params = [scope.organization_id, scope.team_id, time_range.start, time_range.end]
+    if project_id is not None:
+        conditions.append("project_id = ?")
+        params.append(project_id)
+    sql = f"""
+        SELECT CAST(timezone(?, created_at) AS DATE) AS day, project_id, model,
+            1 AS requests, prompt_tokens, cached_tokens, completion_tokens, cost_usd
+        FROM pg.public.usage_events
+        WHERE {" AND ".join(conditions)}
+    """
+    return sql, [scope.timezone, *params]
 
 
-def _sums(source: Subquery) -> tuple:
-    return (
-        func.sum(source.c.requests).label("requests"),
-        func.sum(source.c.prompt_tokens).label("input_tokens"),
-        func.sum(source.c.cached_tokens).label("cached_input_tokens"),
-        func.sum(source.c.completion_tokens).label("output_tokens"),
-        func.sum(source.c.cost_usd).label("cost_usd"),
-    )
+_SUMS = """
+    sum(s.requests)::BIGINT AS requests,
+    sum(s.prompt_tokens)::BIGINT AS input_tokens,
+    sum(s.cached_tokens)::BIGINT AS cached_input_tokens,
+    sum(s.completion_tokens)::BIGINT AS output_tokens,
+    sum(s.cost_usd) AS cost_usd"""
 
 
 def report_rows(
-    conn: Connection, scope: ReportScope, first: date, end: date
+    con: duckdb.DuckDBPyConnection, scope: ReportScope, first: date, end: date
 ) -> Iterator[ReportRow]:
     """Yield one row per local day, project and model with calls, in that order."""
-    source = _daily_source(scope, first, end)
-    query = (
-        select(
-            source.c.day,
-            func.coalesce(projects.c.name, NO_PROJECT).label("project"),
-            func.coalesce(source.c.model, NO_MODEL).label("model"),
-            *_sums(source),
-        )
-        .select_from(source.outerjoin(projects, projects.c.id == source.c.project_id))
-        .group_by(source.c.day, source.c.project_id, projects.c.name, source.c.model)
-        .order_by(source.c.day, projects.c.name.nulls_last(), source.c.model.nulls_last())
-    )
-    result = conn.execution_options(yield_per=STREAM_CHUNK_ROWS).execute(query)
-    for chunk in result.partitions():
-        for row in chunk:
+    source, params = _daily_source(scope, first, end)
+    sql = f"""
+        SELECT
+            s.day,
+            coalesce(p.name, ?) AS project,
+            coalesce(s.model, ?) AS model,
+            {_SUMS}
+        FROM ({source}) AS s
+        LEFT JOIN pg.public.projects AS p ON p.id = s.project_id
+        GROUP BY s.day, s.project_id, p.name, s.model
+        ORDER BY s.day, p.name NULLS LAST, s.model NULLS LAST
+    """
+    reader = con.execute(sql, [NO_PROJECT, NO_MODEL, *params]).fetch_record_batch(STREAM_CHUNK_ROWS)
+    for batch in reader:
+        for values in zip(*batch.to_pydict().values(), strict=True):
+            day, project, model, requests, input_tokens, cached, output_tokens, cost = values
             yield ReportRow(
-                day=row.day,
-                project=row.project,
-                model=row.model,
-                requests=int(row.requests),
-                input_tokens=int(row.input_tokens),
-                cached_input_tokens=int(row.cached_input_tokens),
-                output_tokens=int(row.output_tokens),
-                cost_usd=row.cost_usd,
+                day=day,
+                project=project,
+                model=model,
+                requests=requests,
+                input_tokens=input_tokens,
+                cached_input_tokens=cached,
+                output_tokens=output_tokens,
+                cost_usd=cost,
             )
 
 
-def report_summary(conn: Connection, scope: ReportScope, first: date, end: date) -> pd.DataFrame:
+def report_summary(
+    con: duckdb.DuckDBPyConnection, scope: ReportScope, first: date, end: date
+) -> pd.DataFrame:
     """Return the report's totals per project and model over the whole range.
 
     Columns: project, model, requests, input_tokens, cached_input_tokens,
     output_tokens, cost_usd (Decimal); highest cost first.
     """
-    source = _daily_source(scope, first, end)
-    query = (
-        select(
-            func.coalesce(projects.c.name, NO_PROJECT).label("project"),
-            func.coalesce(source.c.model, NO_MODEL).label("model"),
-            *_sums(source),
-        )
-        .select_from(source.outerjoin(projects, projects.c.id == source.c.project_id))
-        .group_by(source.c.project_id, projects.c.name, source.c.model)
-        .order_by(func.sum(source.c.cost_usd).desc(), projects.c.name, source.c.model)
-    )
-    result = conn.execute(query)
-    return pd.DataFrame(result.all(), columns=list(result.keys()))
+    source, params = _daily_source(scope, first, end)
+    sql = f"""
+        SELECT
+            coalesce(p.name, ?) AS project,
+            coalesce(s.model, ?) AS model,
+            {_SUMS}
+        FROM ({source}) AS s
+        LEFT JOIN pg.public.projects AS p ON p.id = s.project_id
+        GROUP BY s.project_id, p.name, s.model
+        ORDER BY sum(s.cost_usd) DESC, p.name, s.model
+    """
+    return to_frame(con.execute(sql, [NO_PROJECT, NO_MODEL, *params]))
 
 
 def _join_per_project(scope: ReportScope, attribute: str) -> str:
@@ -314,7 +323,7 @@ def report_header(
 
 
 def write_report_csv(
-    conn: Connection,
+    con: duckdb.DuckDBPyConnection,
     scope: ReportScope,
     first: date,
     end: date,
@@ -333,7 +342,7 @@ def write_report_csv(
     writer.writerow([])
     writer.writerow(COLUMNS)
     totals = ReportTotals()
-    for row in report_rows(conn, scope, first, end):
+    for row in report_rows(con, scope, first, end):
         totals.add(row)
         writer.writerow(
             [
@@ -362,11 +371,16 @@ def write_report_csv(
     return totals
 
 
-def export_report_file(engine: Engine, scope: ReportScope, first: date, end: date) -> BinaryIO:
-    """Write the report CSV to an unlinked temporary file and return it open for reading."""
+def export_report_file(
+    con: duckdb.DuckDBPyConnection, scope: ReportScope, first: date, end: date
+) -> BinaryIO:
+    """Write the report CSV to an unlinked temporary file and return it open for reading.
+
+    The report runs on its own cursor of `con`, so it may run in another thread.
+    """
 
     def write(out: TextIO) -> None:
-        with engine.connect() as conn:
-            write_report_csv(conn, scope, first, end, out)
+        with con.cursor() as cursor:
+            write_report_csv(cursor, scope, first, end, out)
 
     return spool_to_file(write)
