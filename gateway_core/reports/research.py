@@ -28,7 +28,7 @@ from gateway_core.directory import DEFAULT_ORGANIZATION
 from gateway_core.errors import NotFoundError
 from gateway_core.schema import organizations, projects, teams, usage_events, usage_hourly
 from gateway_core.time_ranges import day_range, days_start_on_utc_hours
-from gateway_core.usage_stats import NO_MODEL, NO_PROJECT
+from gateway_core.usage_stats import NO_PROJECT
 
 RESEARCH_TITLE = "Research usage report"
 CURRENCY = "USD"
@@ -45,6 +45,10 @@ COLUMNS = (
     "cost_usd",
 )
 TOTAL_LABEL = "TOTAL"
+# Model column of calls without a model. The proxy records a call's model once
+# the request body is valid, so these are calls it rejected earlier, such as
+# for an invalid key or body.
+REJECTED_MODEL = "(rejected before a model was chosen)"
 STREAM_CHUNK_ROWS = 2_000
 
 
@@ -230,7 +234,7 @@ def report_rows(
         select(
             source.c.day,
             func.coalesce(projects.c.name, NO_PROJECT).label("project"),
-            func.coalesce(source.c.model, NO_MODEL).label("model"),
+            func.coalesce(source.c.model, REJECTED_MODEL).label("model"),
             *_sums(source),
         )
         .select_from(source.outerjoin(projects, projects.c.id == source.c.project_id))
@@ -262,7 +266,7 @@ def report_summary(conn: Connection, scope: ReportScope, first: date, end: date)
     query = (
         select(
             func.coalesce(projects.c.name, NO_PROJECT).label("project"),
-            func.coalesce(source.c.model, NO_MODEL).label("model"),
+            func.coalesce(source.c.model, REJECTED_MODEL).label("model"),
             *_sums(source),
         )
         .select_from(source.outerjoin(projects, projects.c.id == source.c.project_id))
