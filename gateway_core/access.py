@@ -30,6 +30,7 @@ PERMISSIONS: Mapping[str, frozenset[str]] = MappingProxyType(
         "keys.create": _KEY_MANAGERS,
         "keys.revoke": _KEY_MANAGERS,
         "keys.policy": _KEY_MANAGERS,
+        "organizations.create": _OWNER_ADMIN,
         "teams.create": _OWNER_ADMIN,
         "teams.members": _OWNER_ADMIN,
         # Projects, budgets and rate limits match limits_admin.BUDGET_MANAGER_ROLES.

@@ -1,4 +1,4 @@
-"""Teams and API keys as the admin app changes them: role-checked and audited.
+"""Organizations, teams and API keys as the admin app changes them: role-checked and audited.
 
 Each function checks the actor's permission with gateway_core.access before
 it writes, then appends an audit entry in the caller's transaction, so the
@@ -9,14 +9,15 @@ its prefix and last four characters, never the key or its hash.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Connection, select
 
-from gateway_core import access, audit, directory, keys
+from gateway_core import access, audit, directory, keys, provisioning
 from gateway_core.access import Actor
 from gateway_core.errors import NotFoundError
-from gateway_core.schema import api_keys
+from gateway_core.schema import api_keys, organizations
 
 
 def _record(
@@ -50,9 +51,53 @@ def visible_teams(conn: Connection, actor: Actor) -> list[directory.Team]:
     return [team for team in all_teams if team.id in administered]
 
 
-def create_team(conn: Connection, actor: Actor, name: str) -> directory.Team:
+def create_organization(
+    conn: Connection,
+    actor: Actor,
+    name: str,
+    *,
+    timezone: str,
+    trial_usd: Decimal,
+    trial_days: int = provisioning.DEFAULT_TRIAL_DAYS,
+) -> int:
+    """Create an organization and return its id.
+
+    A positive `trial_usd` grants trial credit that expires after `trial_days`
+    days, and makes the organization credit-metered (see
+    provisioning.create_organization).
+    """
+    access.require(actor.role, "organizations.create")
+    organization_id = provisioning.create_organization(
+        conn,
+        name,
+        timezone=timezone,
+        trial_usd=trial_usd,
+        trial_days=trial_days,
+        actor=actor.username,
+    )
+    after: dict[str, Any] = {"name": name.strip(), "timezone": timezone, "trial_usd": trial_usd}
+    if trial_usd > 0:
+        after["trial_days"] = trial_days
+    _record(conn, actor, "organizations.create", "organization", organization_id, None, after)
+    return organization_id
+
+
+def create_team(
+    conn: Connection, actor: Actor, name: str, organization_id: int | None = None
+) -> directory.Team:
+    """Create a team in an organization, by default the Default organization."""
     access.require(actor.role, "teams.create")
-    team = directory.create_team(conn, name)
+    if organization_id is None:
+        team = directory.create_team(conn, name)
+    else:
+        organization = conn.execute(
+            select(organizations.c.name).where(organizations.c.id == organization_id)
+        ).scalar_one_or_none()
+        if organization is None:
+            raise NotFoundError(
+                f"organization {organization_id} not found", param="organization_id"
+            )
+        team = directory.create_team(conn, name, organization)
     after = {"name": team.name, "organization_id": team.organization_id}
     _record(conn, actor, "teams.create", "team", team.id, None, after)
     return team

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from sqlalchemy import Connection, insert, select
 
@@ -13,6 +13,22 @@ from gateway_core.schema import organizations, rate_limits
 
 DEFAULT_TRIAL_USD = Decimal(10)
 DEFAULT_TRIAL_DAYS = 14
+
+
+def parse_trial_usd(text: str) -> Decimal:
+    """Parse the trial credit field: a dollar amount of zero or more, blank meaning zero."""
+    try:
+        amount = Decimal(text.strip() or "0")
+    except InvalidOperation:
+        raise InvalidRequestError(
+            f"trial credit {text!r} is not a dollar amount. Write it like 10.00, or 0 for none.",
+            param="trial_usd",
+        ) from None
+    if not amount.is_finite() or amount < 0:
+        raise InvalidRequestError(
+            f"trial credit must be zero or more dollars, got {text!r}", param="trial_usd"
+        )
+    return amount
 
 
 def create_organization(
@@ -29,6 +45,9 @@ def create_organization(
     A trial grant makes the organization credit-metered: its calls are then
     limited by its ledger balance.
     """
+    name = name.strip()
+    if not name:
+        raise InvalidRequestError("organization name must not be empty", param="name")
     budgets.zone(timezone)
     exists = conn.execute(
         select(organizations.c.id).where(organizations.c.name == name)

@@ -1,4 +1,4 @@
-"""Keys page: create teams, issue API keys, restrict them and revoke them.
+"""Keys page: create organizations and teams, issue API keys, restrict them and revoke them.
 
 app.py registers this page for the roles that gateway_core.access allows
 "keys.create": owners and admins for every team, team admins for the teams
@@ -12,17 +12,20 @@ from __future__ import annotations
 import logging
 from datetime import UTC, date, datetime, time
 from typing import Any
+from zoneinfo import available_timezones
 
 import pandas as pd
 import streamlit as st
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
-from gateway_core import access, directory, keys, keys_admin
+from gateway_core import access, directory, keys, keys_admin, provisioning
 from gateway_core.access import Actor
 from gateway_core.config import Settings
 from gateway_core.db import get_engine
 from gateway_core.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from gateway_core.schema import organizations
+from gateway_core.usage_stats import Organization
 
 PAGE_NAME = "keys"
 LIST_TTL_SECONDS = 10
@@ -45,6 +48,15 @@ if PAGE_NAME not in st.session_state.get("gatewayz_allowed_pages", ()):
 @st.cache_resource
 def engine_for(database_url: str) -> Engine:
     return get_engine(database_url)
+
+
+@st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
+def load_organizations(database_url: str, version: tuple[int, ...]) -> list[Organization]:
+    """Return every organization by name; `version` is directory_version, as in load_projects."""
+    query = select(organizations.c.id, organizations.c.name, organizations.c.timezone)
+    with engine_for(database_url).connect() as conn:
+        rows = conn.execute(query.order_by(organizations.c.name, organizations.c.id)).all()
+    return [Organization(*row) for row in rows]
 
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
@@ -82,11 +94,92 @@ def split_list(text: str) -> list[str] | None:
     return items or None
 
 
-def render_create_team(engine: Engine, actor: Actor) -> None:
+def organization_form() -> tuple[str, str, str, int] | None:
+    """Render the organization form; return (name, time zone, trial USD text, trial days)."""
+    zones = sorted(available_timezones())
+    with st.form("create_organization", clear_on_submit=True):
+        name = st.text_input("Organization name", max_chars=200, key="organization_name")
+        timezone = st.selectbox(
+            "Time zone",
+            zones,
+            index=zones.index("UTC"),
+            key="organization_timezone",
+            help="Daily, weekly and monthly budgets and report days start at midnight here.",
+        )
+        trial_text = st.text_input(
+            "Trial credit (USD)",
+            value="0",
+            key="organization_trial_usd",
+            help="0 grants none, so only budgets limit the organization's calls. A positive "
+            "amount makes the organization credit-metered: its calls are rejected once the "
+            "credit is spent or has expired, until more is added, such as a top-up on the "
+            "Billing page.",
+        )
+        trial_days = st.number_input(
+            "Trial days",
+            min_value=1,
+            max_value=3650,
+            value=provisioning.DEFAULT_TRIAL_DAYS,
+            step=1,
+            key="organization_trial_days",
+            help="Days until unused trial credit expires.",
+        )
+        submitted = st.form_submit_button("Create organization")
+    if not submitted:
+        return None
+    return name, timezone, trial_text, int(trial_days)
+
+
+def render_create_organization(engine: Engine, actor: Actor) -> None:
+    if not access.can(actor.role, "organizations.create"):
+        return
+    st.subheader("Create an organization")
+    submission = organization_form()
+    if submission is None:
+        return
+    name, timezone, trial_text, trial_days = submission
+
+    try:
+        trial_usd = provisioning.parse_trial_usd(trial_text)
+        with engine.begin() as conn:
+            organization_id = keys_admin.create_organization(
+                conn, actor, name, timezone=timezone, trial_usd=trial_usd, trial_days=trial_days
+            )
+    except (InvalidRequestError, PermissionDeniedError) as error:
+        logger.info("user %s: organization not created: %s", actor.username, error.message)
+        st.error(error.message)
+        return
+    except IntegrityError:
+        # Another session created the same organization between the check and the insert.
+        logger.warning(
+            "user %s: organization %r created concurrently by another session",
+            actor.username,
+            name,
+        )
+        st.error(f"Organization {name.strip()!r} already exists.")
+        return
+
+    logger.info("user %s created organization %d", actor.username, organization_id)
+    # Preselected in the team form below, which is usually the next step.
+    st.session_state["team_organization"] = organization_id
+    st.success(f"Created organization {name.strip()!r}.")
+
+
+def render_create_team(engine: Engine, actor: Actor, organization_list: list[Organization]) -> None:
     if not access.can(actor.role, "teams.create"):
         return
     st.subheader("Create a team")
+    organizations = {organization.id: organization.name for organization in organization_list}
     with st.form("create_team", clear_on_submit=True):
+        # Without organizations, keys_admin.create_team creates the Default one.
+        organization_id = None
+        if organizations:
+            organization_id = st.selectbox(
+                "Organization",
+                list(organizations),
+                format_func=organizations.__getitem__,
+                key="team_organization",
+            )
         name = st.text_input("Team name", max_chars=200, key="team_name")
         submitted = st.form_submit_button("Create team")
     if not submitted:
@@ -94,8 +187,8 @@ def render_create_team(engine: Engine, actor: Actor) -> None:
 
     try:
         with engine.begin() as conn:
-            team = keys_admin.create_team(conn, actor, name)
-    except (InvalidRequestError, PermissionDeniedError) as error:
+            team = keys_admin.create_team(conn, actor, name, organization_id)
+    except (InvalidRequestError, NotFoundError, PermissionDeniedError) as error:
         logger.info("user %s: team not created: %s", actor.username, error.message)
         st.error(error.message)
         return
@@ -109,7 +202,8 @@ def render_create_team(engine: Engine, actor: Actor) -> None:
 
     load_teams.clear()
     logger.info("user %s created team %d", actor.username, team.id)
-    st.success(f"Created team {team.name!r}.")
+    organization = organizations.get(team.organization_id, directory.DEFAULT_ORGANIZATION)
+    st.success(f"Created team {team.name!r} in {organization!r}.")
 
 
 def key_form(
@@ -223,6 +317,13 @@ def render_create_key(
     st.code(issued.secret, language=None)
 
 
+def revoked_cell(revoked_at: datetime | None) -> str:
+    """Return the Revoked column's text: empty for an active key, else the UTC time."""
+    if revoked_at is None:
+        return ""
+    return revoked_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def render_key_list(key_list: list[keys.KeySummary]) -> None:
     st.subheader("API keys")
     if not key_list:
@@ -236,7 +337,7 @@ def render_key_list(key_list: list[keys.KeySummary]) -> None:
             "Key": [key_label(key) for key in key_list],
             "Mode": [key.mode for key in key_list],
             "Created": [key.created_at for key in key_list],
-            "Revoked": [key.revoked_at for key in key_list],
+            "Revoked": [revoked_cell(key.revoked_at) for key in key_list],
         }
     )
     st.dataframe(
@@ -244,7 +345,6 @@ def render_key_list(key_list: list[keys.KeySummary]) -> None:
         hide_index=True,
         column_config={
             "Created": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm z"),
-            "Revoked": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm z"),
         },
     )
 
@@ -407,10 +507,11 @@ actor = current_actor()
 st.title("API keys")
 if FLASH_MESSAGE in st.session_state:
     st.success(st.session_state.pop(FLASH_MESSAGE))
-render_create_team(engine, actor)
-teams = load_teams(settings.database_url, actor.username, actor.role)
+render_create_organization(engine, actor)
 with engine.connect() as conn:
     version = directory.directory_version(conn)
+render_create_team(engine, actor, load_organizations(settings.database_url, version))
+teams = load_teams(settings.database_url, actor.username, actor.role)
 projects = load_projects(settings.database_url, version)
 render_create_key(engine, settings.secret, teams, projects, actor)
 team_ids = {team.id for team in teams}

@@ -45,8 +45,23 @@ logger = logging.getLogger("gatewayz.spend")
 ZERO = Decimal(0)
 MONEY_QUANTUM = Decimal("1E-10")
 
-_LOAD_BUDGETS = "SELECT id, scope_type, scope_id, period, limit_usd, alert_thresholds FROM budgets"
-_LOAD_METERED = "SELECT scope_type, scope_id FROM credit_balances"
+# The name of the organization, team, project or key that row `s` applies to,
+# so error messages name the scope without a query per request. The name is
+# NULL when that row no longer exists.
+_SCOPE_NAME = "coalesce(o.name, t.name, p.name, k.name)"
+_SCOPE_JOINS = (
+    "LEFT JOIN organizations o ON s.scope_type = 'organization' AND o.id = s.scope_id "
+    "LEFT JOIN teams t ON s.scope_type = 'team' AND t.id = s.scope_id "
+    "LEFT JOIN projects p ON s.scope_type = 'project' AND p.id = s.scope_id "
+    "LEFT JOIN api_keys k ON s.scope_type = 'key' AND k.id = s.scope_id"
+)
+_LOAD_BUDGETS = (
+    "SELECT s.id, s.scope_type, s.scope_id, s.period, s.limit_usd, s.alert_thresholds, "
+    f"{_SCOPE_NAME} FROM budgets s {_SCOPE_JOINS}"
+)
+_LOAD_METERED = (
+    f"SELECT s.scope_type, s.scope_id, {_SCOPE_NAME} FROM credit_balances s {_SCOPE_JOINS}"
+)
 _LOAD_ZONES = "SELECT id, timezone FROM organizations"
 
 _ENSURE_SPEND = (
@@ -118,6 +133,22 @@ class Reservation:
     settled: bool = False
 
 
+def describe_scope(scope_type: str, scope_id: int, name: str | None, *details: str) -> str:
+    """Return how a limit message names a scope, such as "project 'Grant X' (id 2, $0.25)".
+
+    Without a name (the scope's row was deleted) the id alone names it.
+    """
+    facts = list(details)
+    if name is None:
+        scope = f"{scope_type} {scope_id}"
+    else:
+        scope = f"{scope_type} {name!r}"
+        facts.insert(0, f"id {scope_id}")
+    if not facts:
+        return scope
+    return f"{scope} ({', '.join(facts)})"
+
+
 def scopes_of(identity: KeyIdentity) -> list[tuple[str, int]]:
     scopes = [("key", identity.key_id), ("team", identity.team_id)]
     if identity.project_id is not None:
@@ -146,6 +177,8 @@ class SpendGuard:
         self._idle_return = idle_return
         self._budgets: dict[tuple[str, int], list[tuple[int, str, Decimal]]] = {}
         self._metered: set[tuple[str, int]] = set()
+        # Names of the scopes that have a budget or a credit balance.
+        self._scope_names: dict[tuple[str, int], str | None] = {}
         self._zones: dict[int, str] = {}
         self._thresholds: dict[int, tuple[Decimal, tuple[Decimal, ...]]] = {}
         self._leases: dict[str, LeaseState] = {}
@@ -176,12 +209,17 @@ class SpendGuard:
             zone_rows = await (await conn.execute(_LOAD_ZONES)).fetchall()
         budgets: dict[tuple[str, int], list[tuple[int, str, Decimal]]] = {}
         thresholds: dict[int, tuple[Decimal, tuple[Decimal, ...]]] = {}
-        for budget_id, scope_type, scope_id, period, limit, alert_at in budget_rows:
+        scope_names: dict[tuple[str, int], str | None] = {}
+        for budget_id, scope_type, scope_id, period, limit, alert_at, name in budget_rows:
             budgets.setdefault((scope_type, scope_id), []).append((budget_id, period, limit))
             thresholds[budget_id] = (limit, tuple(alert_at or ()))
+            scope_names[(scope_type, scope_id)] = name
+        for scope_type, scope_id, name in metered_rows:
+            scope_names[(scope_type, scope_id)] = name
         self._budgets = budgets
         self._thresholds = thresholds
-        self._metered = {(scope_type, scope_id) for scope_type, scope_id in metered_rows}
+        self._metered = {(scope_type, scope_id) for scope_type, scope_id, _ in metered_rows}
+        self._scope_names = scope_names
         self._zones = dict(zone_rows)
         self._limits_cache = {}
         self._loaded_at = time.monotonic()
@@ -209,16 +247,18 @@ class SpendGuard:
         limits: list[Limit] = []
         valid_from, valid_until = LIFETIME_START, datetime.max.replace(tzinfo=UTC)
         for scope_type, scope_id in scopes_of(identity):
+            name = self._scope_names.get((scope_type, scope_id))
             for budget_id, period, amount in self._budgets.get((scope_type, scope_id), ()):
                 start, end = period_bounds(period, now, zone)
                 valid_from, valid_until = max(valid_from, start), min(valid_until, end)
-                label = f"{period} budget of {scope_type} {scope_id} (${amount:f})"
+                scope = describe_scope(scope_type, scope_id, name, f"${amount:f}")
+                label = f"{period} budget of {scope}"
                 limits.append(
                     Limit(budget_limit_key(budget_id, start), "budget", label, budget_id, start,
                           scope_type, scope_id)
                 )  # fmt: skip
             if (scope_type, scope_id) in self._metered:
-                label = f"credit balance of {scope_type} {scope_id}"
+                label = f"credit balance of {describe_scope(scope_type, scope_id, name)}"
                 limits.append(
                     Limit(credit_limit_key(scope_type, scope_id), "credit", label,
                           scope_type=scope_type, scope_id=scope_id)

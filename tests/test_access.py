@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ from gateway_core.schema import (
     api_keys,
     audit_log,
     billing_accounts,
+    credit_balances,
+    organizations,
     team_members,
     teams,
     users,
@@ -96,7 +99,7 @@ def snapshot(engine: Engine) -> dict[str, list]:
     with engine.connect() as conn:
         return {
             table.name: conn.execute(select(table)).all()
-            for table in (users, teams, team_members, api_keys, audit_log)
+            for table in (users, organizations, teams, team_members, api_keys, audit_log)
         }
 
 
@@ -150,7 +153,7 @@ def test_unknown_role_denied() -> None:
 
 
 def seed_targets(engine: Engine, role: str) -> dict[str, int]:
-    """Create an acting user with `role`, a viewer to act on, and a team with one key.
+    """Create an actor with `role`, a viewer to act on, a team with one key and an organization.
 
     Names carry the role, so one test can seed every role. A team_admin actor
     administers the team, so team-scoped actions are refused only because of
@@ -166,7 +169,14 @@ def seed_targets(engine: Engine, role: str) -> dict[str, int]:
         team = directory.create_team(conn, f"Lab {role}")
         key = keys.create_key(conn, SECRET, team_id=team.id, name="ci")
         conn.execute(insert(team_members).values(user_id=actor_id, team_id=team.id, role="admin"))
-    return {"actor": actor_id, "target": target_id, "team": team.id, "key": key.id}
+        organization_id = directory.ensure_organization(conn, f"Partner {role}")
+    return {
+        "actor": actor_id,
+        "target": target_id,
+        "team": team.id,
+        "key": key.id,
+        "organization": organization_id,
+    }
 
 
 @dataclass(frozen=True)
@@ -226,10 +236,24 @@ GATED_ACTIONS = {
             conn, actor, ids["target"], ids["team"], "member"
         ),
     ),
+    "create_organization": GatedAction(
+        "organizations.create",
+        "organizations.create",
+        lambda conn, actor, ids: keys_admin.create_organization(
+            conn, actor, f"Org {actor.role}", timezone="UTC", trial_usd=Decimal(0)
+        ),
+    ),
     "create_team": GatedAction(
         "teams.create",
         "teams.create",
         lambda conn, actor, ids: keys_admin.create_team(conn, actor, f"Ops {actor.role}"),
+    ),
+    "create_team_in_organization": GatedAction(
+        "teams.create",
+        "teams.create",
+        lambda conn, actor, ids: keys_admin.create_team(
+            conn, actor, f"Ops {actor.role}", ids["organization"]
+        ),
     ),
     "create_key": GatedAction(
         "keys.create",
@@ -294,6 +318,33 @@ def test_gated_action_by_role(engine: Engine, name: str) -> None:
             with pytest.raises(PermissionDeniedError), engine.begin() as conn:
                 gated.call(conn, actor, seeded[role])
             assert snapshot(engine) == before, role
+
+
+def test_organization_trial_is_audited(engine: Engine) -> None:
+    with engine.begin() as conn:
+        organization_id = keys_admin.create_organization(
+            conn, Actor("olga", "owner"), "Acme", timezone="UTC", trial_usd=Decimal("5"),
+            trial_days=7,
+        )  # fmt: skip
+        balance = conn.execute(
+            select(credit_balances.c.balance).where(
+                credit_balances.c.scope_type == "organization",
+                credit_balances.c.scope_id == organization_id,
+            )
+        ).scalar_one()
+    assert balance == Decimal(5)
+    [entry] = audit_rows(engine)
+    assert entry["action"] == "organizations.create"
+    assert entry["object_id"] == str(organization_id)
+    assert entry["after"] == {"name": "Acme", "timezone": "UTC", "trial_usd": "5",
+                              "trial_days": 7}  # fmt: skip
+
+
+def test_team_in_missing_organization(engine: Engine) -> None:
+    before = snapshot(engine)
+    with pytest.raises(NotFoundError, match="organization 999 not found"), engine.begin() as conn:
+        keys_admin.create_team(conn, Actor("olga", "owner"), "Lab", 999)
+    assert snapshot(engine) == before
 
 
 @pytest.mark.parametrize("role", ROLES)

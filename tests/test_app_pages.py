@@ -19,7 +19,6 @@ from pathlib import Path
 
 import jwt
 import numpy as np
-import pandas as pd
 import pytest
 import streamlit as st
 from sqlalchemy import Engine, insert, select, text, update
@@ -30,7 +29,17 @@ from streamlit.util import calc_hash
 
 from gateway_core import directory
 from gateway_core.keys import create_key, hash_key
-from gateway_core.schema import api_keys, metadata, teams, usage_events, users
+from gateway_core.schema import (
+    api_keys,
+    audit_log,
+    credit_balances,
+    ledger_entries,
+    metadata,
+    organizations,
+    teams,
+    usage_events,
+    users,
+)
 from tests.conftest import TEST_SECRET
 
 APP_PATH = Path(__file__).resolve().parent.parent / "app.py"
@@ -406,8 +415,116 @@ def test_keys_page_creates_team(cookies, engine: Engine) -> None:
 
     with engine.connect() as conn:
         assert conn.execute(select(teams.c.name)).scalars().all() == ["Research"]
-    assert "Created team 'Research'." in values(at.success)
+    assert "Created team 'Research' in 'Default'." in values(at.success)
     assert at.selectbox(key="key_team").options == ["Research"]
+
+
+def create_organization_in_page(at: AppTest, name: str, trial_usd: str = "0") -> AppTest:
+    at.text_input(key="organization_name").input(name)
+    at.text_input(key="organization_trial_usd").input(trial_usd)
+    return click(at, "Create organization")
+
+
+def test_keys_page_creates_organization(cookies, engine: Engine) -> None:
+    with engine.begin() as conn:
+        directory.ensure_organization(conn)
+    at = signed_in_keys_page(engine)
+
+    at.selectbox(key="organization_timezone").set_value("Europe/Berlin")
+    create_organization_in_page(at, "  Acme Research ")
+
+    assert "Created organization 'Acme Research'." in values(at.success)
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(organizations).where(organizations.c.name == "Acme Research")
+        ).one()
+        metered = conn.execute(select(credit_balances)).all()
+        [entry] = conn.execute(select(audit_log)).mappings().all()
+    assert row.timezone == "Europe/Berlin"
+    # No trial credit, so the organization is not credit-metered.
+    assert metered == []
+    assert entry["actor"] == "alice"
+    assert entry["action"] == "organizations.create"
+    assert entry["object_type"] == "organization"
+    assert entry["object_id"] == str(row.id)
+    assert entry["after"] == {"name": "Acme Research", "timezone": "Europe/Berlin",
+                              "trial_usd": "0"}  # fmt: skip
+    # The team form offers the new organization and has it chosen.
+    organization_choice = at.selectbox(key="team_organization")
+    assert organization_choice.options == ["Acme Research", "Default"]
+    assert organization_choice.value == row.id
+
+
+def test_organization_trial_credit(cookies, engine: Engine) -> None:
+    at = signed_in_keys_page(engine)
+
+    at.number_input(key="organization_trial_days").set_value(30)
+    create_organization_in_page(at, "Acme Research", trial_usd="12.50")
+
+    with engine.connect() as conn:
+        organization_id = conn.execute(select(organizations.c.id)).scalar_one()
+        balance = conn.execute(
+            select(credit_balances.c.balance).where(
+                credit_balances.c.scope_type == "organization",
+                credit_balances.c.scope_id == organization_id,
+            )
+        ).scalar_one()
+        expires_at = conn.execute(select(ledger_entries.c.expires_at)).scalar_one()
+        after = conn.execute(select(audit_log.c.after)).scalar_one()
+    assert balance == Decimal("12.50")
+    assert timedelta(days=29) < expires_at - datetime.now(UTC) <= timedelta(days=30)
+    assert after["trial_usd"] == "12.50"
+    assert after["trial_days"] == 30
+
+
+@pytest.mark.parametrize(
+    ("name", "trial_usd", "message"),
+    [
+        ("   ", "0", "organization name must not be empty"),
+        ("Acme", "ten", "trial credit 'ten' is not a dollar amount"),
+        ("Acme", "-5", "trial credit must be zero or more dollars"),
+        ("Default", "0", "organization 'Default' already exists"),
+    ],
+)
+def test_organization_form_rejects(
+    cookies, engine: Engine, name: str, trial_usd: str, message: str
+) -> None:
+    with engine.begin() as conn:
+        directory.ensure_organization(conn)
+    at = signed_in_keys_page(engine)
+
+    create_organization_in_page(at, name, trial_usd)
+
+    assert any(message in error for error in values(at.error)), values(at.error)
+    with engine.connect() as conn:
+        assert conn.execute(select(organizations.c.name)).scalars().all() == ["Default"]
+        assert conn.execute(select(audit_log.c.id)).first() is None
+
+
+def test_keys_page_creates_team_in_organization(cookies, engine: Engine) -> None:
+    with engine.begin() as conn:
+        directory.ensure_organization(conn)
+        acme = directory.ensure_organization(conn, "Acme Research")
+    at = signed_in_keys_page(engine)
+
+    at.selectbox(key="team_organization").set_value(acme)
+    at.text_input(key="team_name").input("alpha")
+    click(at, "Create team")
+
+    assert "Created team 'alpha' in 'Acme Research'." in values(at.success)
+    with engine.connect() as conn:
+        assert conn.execute(select(teams.c.organization_id)).scalar_one() == acme
+        after = conn.execute(select(audit_log.c.after)).scalar_one()
+    assert after == {"name": "alpha", "organization_id": acme}
+
+
+def test_team_admin_cannot_create_organization(cookies, engine: Engine) -> None:
+    at = signed_in_keys_page(engine, role="team_admin")
+
+    assert "Create an organization" not in [header.value for header in at.subheader]
+    assert not [box for box in at.text_input if box.key == "organization_name"]
+    with engine.connect() as conn:
+        assert conn.execute(select(organizations.c.id)).first() is None
 
 
 def test_keys_page_rejects_duplicate_team(cookies, engine: Engine) -> None:
@@ -549,8 +666,10 @@ def test_keys_page_revokes_key(cookies, engine: Engine) -> None:
         f"Research / remaining ({remaining.prefix}…{remaining.last4})"
     ]
     listed = at.dataframe[0].value.set_index("Name")
-    assert listed.loc["doomed", "Revoked"] is not pd.NaT
-    assert listed.loc["remaining", "Revoked"] is pd.NaT
+    revoked_text = revoked["doomed"].astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    assert listed.loc["doomed", "Revoked"] == revoked_text
+    # An active key's cell is empty rather than "None".
+    assert listed.loc["remaining", "Revoked"] == ""
 
 
 def test_revoke_needs_confirmation(cookies, engine: Engine) -> None:

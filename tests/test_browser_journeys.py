@@ -37,6 +37,7 @@ pytestmark = pytest.mark.browser
 
 ADMIN_PAGES = ("Keys", "Budgets & limits", "Users", "Audit log", "Billing")
 ADMIN_URLS = {"keys": "Create a team", "users": "Invite a user", "budgets": "Set a budget"}
+ORGANIZATION = "Acme Research"
 SANDBOX_MODELS = ("sandbox/echo", "sandbox/reverse", "sandbox/lorem")
 # USD per million tokens on sandbox/lorem, set on the Models page, so its calls
 # cost money: $0.001 a token.
@@ -180,10 +181,26 @@ def test_admin_journey(gateway: Gateway) -> None:
 
         browser.go_to(page, "Keys")
         browser.screenshot(page, journey, "03-keys-empty")
+        page.get_by_label("Organization name").fill(ORGANIZATION)
+        browser.press(page, "Create organization")
+        page.get_by_text(f"Created organization '{ORGANIZATION}'.").wait_for()
         for team in ("alpha", "beta"):
+            browser.choose(page, "Organization", ORGANIZATION)
             page.get_by_label("Team name").fill(team)
             browser.press(page, "Create team")
-            page.get_by_text(f"Created team '{team}'.").wait_for()
+            page.get_by_text(f"Created team '{team}' in '{ORGANIZATION}'.").wait_for()
+        browser.screenshot(page, journey, "03-organization-and-teams")
+        team_organizations = query(
+            gateway,
+            "SELECT t.name, o.name, o.timezone FROM teams t "
+            "JOIN organizations o ON o.id = t.organization_id",
+        )
+        assert sorted(team_organizations) == [
+            ("alpha", ORGANIZATION, "UTC"),
+            ("beta", ORGANIZATION, "UTC"),
+        ]
+        # The app grants no trial credit by default, so only budgets limit these calls.
+        assert query(gateway, "SELECT count(*) FROM credit_balances") == [(0,)]
         for team in ("alpha", "beta"):
             browser.choose(page, "Team", team)
             page.get_by_label("Key name").fill(f"{team}-notebook")
@@ -191,24 +208,25 @@ def test_admin_journey(gateway: Gateway) -> None:
             gateway.keys[team] = browser.shown_code(page, r"gw_live_[A-Za-z0-9_-]+")
             browser.screenshot(page, journey, f"04-key-{team}")
 
-        # The first run created the Default organization, which holds the teams
-        # made on the Keys page. The app has no form for another organization.
+        # With more than one organization, this page starts each team and
+        # project name with its organization's name.
         browser.go_to(page, "Budgets & limits")
-        browser.choose(page, "Team", "alpha")
+        browser.choose(page, "Team", f"{ORGANIZATION} / alpha")
         page.get_by_label("Project name").fill("grant-a")
         page.get_by_label("Principal investigator (optional)").fill("Dr. Ada Lovelace")
         page.get_by_label("Cost centre (optional)").fill("GR-2026-17")
         browser.press(page, "Create project")
-        page.get_by_text("Created project 'grant-a' in alpha.").wait_for()
+        page.get_by_text(f"Created project 'grant-a' in {ORGANIZATION} / alpha.").wait_for()
         page.get_by_role("radiogroup", name="Scope").get_by_text("Project", exact=True).click()
         browser.settle(page)
-        browser.choose(page, "Project", "alpha / grant-a")
+        grant_a = f"{ORGANIZATION} / alpha / grant-a"
+        browser.choose(page, "Project", grant_a)
         page.get_by_label("Limit (USD)").fill("100")
         browser.press(page, "Save budget")
-        page.get_by_text("Saved the monthly budget of alpha / grant-a: $100.00.").wait_for()
+        page.get_by_text(f"Saved the monthly budget of {grant_a}: $100.00.").wait_for()
         page.get_by_label("Requests per minute").fill("600")
         browser.press(page, "Save rate limits")
-        page.get_by_text("Saved the rate limits of alpha / grant-a.").wait_for()
+        page.get_by_text(f"Saved the rate limits of {grant_a}.").wait_for()
         browser.screenshot(page, journey, "05-project-budget-and-limit")
 
         browser.go_to(page, "Keys")
@@ -247,6 +265,7 @@ def test_admin_journey(gateway: Gateway) -> None:
         assert per_team["alpha"] > per_team["beta"]
 
         browser.go_to(page, "Team spend")
+        browser.choose(page, "Organization", ORGANIZATION)
         all_teams = page.locator('[data-testid="stDataFrame"]').first
         all_teams.wait_for()
         for team in ("alpha", "beta"):
@@ -403,7 +422,7 @@ def test_client_developer_journey(gateway: Gateway) -> None:
     assert 200 in statuses, (statuses, response.text)
     error = response.json()["error"]
     assert error["code"] == "budget_exceeded", error
-    assert f"monthly budget of project {project} ($0.25" in error["message"], error
+    assert f"monthly budget of project 'folding' (id {project}, $0.25" in error["message"], error
     assert "GET /v1/key" in error["message"], error
 
     info = httpx.get(f"{url}/key", headers={"Authorization": f"Bearer {key}"})
@@ -422,6 +441,7 @@ def test_grant_report_journey(gateway: Gateway) -> None:
         page = context.new_page()
         browser.sign_in(page, gateway.app_url, "rita", gateway.researcher_password)
         browser.go_to(page, "Research reports")
+        browser.choose(page, "Organization", ORGANIZATION)
         browser.choose(page, "Team", "alpha")
         browser.choose(page, "Project", "alpha / grant-a")
         page.get_by_text("Principal investigator: Dr. Ada Lovelace").wait_for()
@@ -439,7 +459,7 @@ def test_grant_report_journey(gateway: Gateway) -> None:
                          "cached_input_tokens", "output_tokens", "cost_usd"])  # fmt: skip
     data = [row for row in rows[header + 1 :] if row and row[0] != "TOTAL"]
     [total] = [row for row in rows if row and row[0] == "TOTAL"]
-    # The organization's time zone is UTC, so report days are UTC days.
+    # The organization was created with the time zone UTC, so report days are UTC days.
     start = date.fromisoformat(first)
     end = date.fromisoformat(last) + timedelta(days=1)
     requests, input_tokens, output_tokens, cost = query(

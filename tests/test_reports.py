@@ -243,7 +243,7 @@ def test_team_report_days_in_new_york(engine: Engine, con: duckdb.DuckDBPyConnec
         ("2026-03-10", "folding", MODEL_B),
         ("2026-03-10", "folding", MODEL_A),
         ("2026-03-10", "vision", MODEL_A),
-        ("2026-03-10", "(no project)", "(no model)"),
+        ("2026-03-10", "(no project)", "(rejected before a model was chosen)"),
     ]
     assert [r.requests for r in rows] == [1, 1, 1, 1, 1, 1]
     assert [r.input_tokens for r in rows] == [10, 100, 1000, 200, 40, 0]
@@ -318,6 +318,9 @@ def test_team_report_totals_row(engine: Engine, con: duckdb.DuckDBPyConnection) 
     # 0.01 + 0.0000012345 + 2.5 + 0.1000000001 + 0.3333333333 + 1.0000000007
     assert rows[-1] == ["TOTAL", "", "", "6", "1350", "520", "365", "3.9433345686"]
     assert len(rows) == 7
+    # The rejected call t1 has its own row and counts in the totals.
+    rejected = ["2026-03-10", "(no project)", "(rejected before a model was chosen)"]
+    assert rows[-2] == [*rejected, "1", "0", "0", "0", "1.0000000007"]
 
 
 def test_report_in_utc_moves_boundary_calls(engine: Engine, con: duckdb.DuckDBPyConnection) -> None:
@@ -380,6 +383,32 @@ def test_report_summary_per_model(engine: Engine, con: duckdb.DuckDBPyConnection
     assert summary["model"].tolist() == [MODEL_B, MODEL_A]
     assert summary["requests"].tolist() == [1, 3]
     assert summary["cost_usd"].tolist() == [Decimal("2.5"), Decimal("0.1100012346")]
+
+
+def test_summary_totals_match_usage_rows(engine: Engine, con: duckdb.DuckDBPyConnection) -> None:
+    seeded = seed_calls(engine)
+    first, end = date(2026, 3, 8), date(2026, 3, 11)
+    with engine.connect() as conn:
+        scope = reports.scope_for_team(conn, seeded.lab)
+        time_range = day_range(first, end, scope.timezone)
+        requests, cost = conn.execute(
+            select(text("count(*)"), text("sum(cost_usd)"))
+            .select_from(usage_events)
+            .where(
+                usage_events.c.team_id == seeded.lab,
+                usage_events.c.created_at >= time_range.start,
+                usage_events.c.created_at < time_range.end,
+            )
+        ).one()
+    summary = reports.report_summary(con, scope, first, end)
+
+    by_model = summary.set_index(["project", "model"])
+    rejected = by_model.loc[("(no project)", "(rejected before a model was chosen)")]
+    assert rejected["requests"] == 1
+    assert rejected["cost_usd"] == Decimal("1.0000000007")
+    assert "(no model)" not in summary["model"].tolist()
+    assert summary["requests"].sum() == requests == 6
+    assert sum(summary["cost_usd"], Decimal(0)) == cost == Decimal("3.9433345686")
 
 
 def test_empty_report_has_zero_totals(engine: Engine, con: duckdb.DuckDBPyConnection) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy import Engine, text
 
 from gateway_core import budgets, directory, keys, model_routes, providers
 from gateway_core.limits_admin import set_rate_limits
+from proxy.spend import describe_scope
 from tests.conftest import TEST_SECRET
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.processes import ProxyProcess
@@ -190,9 +191,50 @@ def test_tightest_limit_is_named(
     finally:
         proxy.stop()
     assert response.status_code == 402
-    message = response.json()["error"]["message"]
-    assert f"weekly budget of team {team_id}" in message
-    assert "$0.01" in message
+    error = response.json()["error"]
+    assert error["code"] == "budget_exceeded"
+    assert f"weekly budget of team 'lab' (id {team_id}, $0.005" in error["message"]
+    assert "request needs up to $0.01" in error["message"]
+
+
+def test_credit_balance_is_named(
+    database_url: str, engine: Engine, upstream: FakeOpenAI, tmp_path: Path
+) -> None:
+    key, _, organization_id = setup_key(engine, upstream)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO ledger_entries (scope_type, scope_id, amount, kind, reference) "
+                "VALUES ('organization', :id, 0.005, 'grant', 'small-grant')"
+            ),
+            {"id": organization_id},
+        )
+    proxy = start_proxy(database_url, tmp_path / "proxy.log")
+    try:
+        body = {**CHAT, "model": "fake/any", "max_tokens": MAX_TOKENS}
+        response = post_json(proxy.base_url, "/v1/chat/completions", body, key)
+    finally:
+        proxy.stop()
+    assert response.status_code == 402
+    error = response.json()["error"]
+    assert error["code"] == "insufficient_credits"
+    expected = f"the credit balance of organization 'Default' (id {organization_id}) has"
+    assert expected in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("name", "details", "expected"),
+    [
+        ("Grant X", ("$0.25",), "project 'Grant X' (id 2, $0.25)"),
+        ("Grant X", (), "project 'Grant X' (id 2)"),
+        ("O'Brien lab", ("$1",), 'project "O\'Brien lab" (id 2, $1)'),
+        # The project's row was deleted after its budget was loaded.
+        (None, ("$0.25",), "project 2 ($0.25)"),
+        (None, (), "project 2"),
+    ],
+)
+def test_describe_scope(name: str | None, details: tuple[str, ...], expected: str) -> None:
+    assert describe_scope("project", 2, name, *details) == expected
 
 
 def test_key_endpoint_reports_limits(

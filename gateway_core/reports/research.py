@@ -35,7 +35,7 @@ from gateway_core.errors import NotFoundError
 from gateway_core.rollups import rollup_source
 from gateway_core.schema import organizations, projects, teams
 from gateway_core.time_ranges import day_range, days_start_on_utc_hours
-from gateway_core.usage_stats import NO_MODEL, NO_PROJECT
+from gateway_core.usage_stats import NO_PROJECT
 
 RESEARCH_TITLE = "Research usage report"
 CURRENCY = "USD"
@@ -52,6 +52,10 @@ COLUMNS = (
     "cost_usd",
 )
 TOTAL_LABEL = "TOTAL"
+# Model column of calls without a model. The proxy records a call's model once
+# the request body is valid, so these are calls it rejected earlier, such as
+# for an invalid key or body.
+REJECTED_MODEL = "(rejected before a model was chosen)"
 STREAM_CHUNK_ROWS = 2_000
 
 
@@ -244,7 +248,9 @@ def report_rows(
         GROUP BY s.day, s.project_id, p.name, s.model
         ORDER BY s.day, p.name NULLS LAST, s.model NULLS LAST
     """
-    reader = con.execute(sql, [NO_PROJECT, NO_MODEL, *params]).fetch_record_batch(STREAM_CHUNK_ROWS)
+    reader = con.execute(sql, [NO_PROJECT, REJECTED_MODEL, *params]).fetch_record_batch(
+        STREAM_CHUNK_ROWS
+    )
     for batch in reader:
         for values in zip(*batch.to_pydict().values(), strict=True):
             day, project, model, requests, input_tokens, cached, output_tokens, cost = values
@@ -279,7 +285,7 @@ def report_summary(
         GROUP BY s.project_id, p.name, s.model
         ORDER BY sum(s.cost_usd) DESC, p.name, s.model
     """
-    return to_frame(con.execute(sql, [NO_PROJECT, NO_MODEL, *params]))
+    return to_frame(con.execute(sql, [NO_PROJECT, REJECTED_MODEL, *params]))
 
 
 def _join_per_project(scope: ReportScope, attribute: str) -> str:
