@@ -38,7 +38,7 @@ SPEND_DIMENSIONS = ("model", "team", "project", "key")
 # The ten decimal places of the NUMERIC(20, 10) cost columns.
 COST_QUANTUM = Decimal("1E-10")
 # Ranges up to this long that do not start and end on whole UTC hours get
-# exact percentiles from usage_events; all other ranges get estimates from
+# exact percentiles from usage_events. All other ranges get estimates from
 # the latency histograms.
 EXACT_LATENCY_MAX_LENGTH = timedelta(hours=6)
 

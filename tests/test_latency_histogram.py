@@ -1,4 +1,4 @@
-"""Latency histogram rollups against real Postgres: trigger, backfill shape and estimates.
+"""Latency histogram rollups against real Postgres: trigger, backfill and estimates.
 
 Estimated percentiles are compared with exact percentiles computed in
 Python, the way DuckDB's quantile_cont computes them, from the same seeded
@@ -7,6 +7,7 @@ calls. The documented bound is 10% of the exact value.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import random
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 from sqlalchemy import Engine, insert, select, text
 
 from gateway_core import analytics, latency_histogram, usage_stats
+from gateway_core.config import PROJECT_ROOT
 from gateway_core.latency_histogram import RELATIVE_ERROR, bucket_bounds, estimate_percentile
 from gateway_core.schema import organizations, usage_events
 from gateway_core.time_ranges import TimeRange
@@ -220,6 +222,29 @@ def test_trigger_counts_each_successful_call_once(
 
     for table in ("usage_latency_hourly", "usage_latency_daily"):
         assert histogram_totals(engine, table) == (len(latencies), len(ttfts)), table
+
+
+def test_backfill_matches_trigger(
+    engine: Engine, seeded_calls: tuple[Seeded, int, list[dict]]
+) -> None:
+    path = PROJECT_ROOT / "gateway_core/migrations/versions/0021_add_latency_histograms.py"
+    spec = importlib.util.spec_from_file_location("migration_0021", path)
+    assert spec is not None and spec.loader is not None
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    compare = "SELECT count(*) FROM (SELECT * FROM {0} EXCEPT ALL SELECT * FROM {1}) AS missing"
+
+    for table, unit in migration.TABLES:
+        with engine.begin() as conn:
+            conn.execute(text(f"CREATE TEMP TABLE backfill (LIKE {table} INCLUDING ALL)"))
+            conn.execute(text(migration.histogram_insert("backfill", unit, "usage_events")))
+            rows = conn.execute(text("SELECT count(*) FROM backfill")).scalar_one()
+            only_backfill = conn.execute(text(compare.format("backfill", table))).scalar_one()
+            only_trigger = conn.execute(text(compare.format(table, "backfill"))).scalar_one()
+            conn.execute(text("DROP TABLE backfill"))
+        assert rows > 0, table
+        assert only_backfill == 0, table
+        assert only_trigger == 0, table
 
 
 def test_trigger_after_partition_created(

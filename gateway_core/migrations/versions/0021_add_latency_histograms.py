@@ -19,6 +19,12 @@ position.
 
 The trigger function usage_rollups_add() of usage_events now also adds
 each inserted statement's rows to the two histogram tables.
+
+NOTE: the arrays are dense from position 1, so a row of calls around 1 s
+stores about 75 zeros per array. With 1,000,000 generated calls
+(bench/analytics_scale.py) usage_latency_hourly took 760 MB against
+257 MB for usage_hourly. Storing the first non-empty position and integer
+counts would make rows several times smaller.
 """
 
 import importlib.util
