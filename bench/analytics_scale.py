@@ -4,7 +4,8 @@ Creates a fresh database on the local Postgres server (127.0.0.1:5432 by
 default) and migrates it. Adds one organization (America/New_York) with 10
 teams, 30 projects and 100 keys. Inserts N calls spread over the last 365
 days with generate_series, one million rows per INSERT, so the rollup trigger
-fills usage_hourly and usage_daily as it does for the proxy's recorder.
+fills usage_hourly, usage_daily and the latency histograms as it does for
+the proxy's recorder.
 
 Then, per page, it times the data functions of the page's first view with
 default filters, on a new DuckDB connection and again on the same one, and
@@ -200,6 +201,8 @@ def generate_rows(url: str, rows: int, end: datetime) -> float:
         conn.execute("VACUUM ANALYZE usage_events")
         conn.execute("VACUUM ANALYZE usage_hourly")
         conn.execute("VACUUM ANALYZE usage_daily")
+        conn.execute("VACUUM ANALYZE usage_latency_hourly")
+        conn.execute("VACUUM ANALYZE usage_latency_daily")
     return time.perf_counter() - started
 
 
@@ -468,6 +471,8 @@ def format_report(
         f"Analytics at scale: {rows:,} usage rows requested, {counts['usage_events']:,} stored",
         f"usage_hourly rows: {counts['usage_hourly']:,}; usage_daily rows: "
         f"{counts['usage_daily']:,}",
+        f"usage_latency_hourly rows: {counts['usage_latency_hourly']:,}; "
+        f"usage_latency_daily rows: {counts['usage_latency_daily']:,}",
     ]
     if load_seconds is not None:
         lines.append(
@@ -521,7 +526,14 @@ def time_pages_and_exports(url: str, now: datetime) -> list[Timing]:
 
 
 def table_counts(url: str) -> dict[str, int]:
-    return {table: count(url, table) for table in ("usage_events", "usage_hourly", "usage_daily")}
+    tables = (
+        "usage_events",
+        "usage_hourly",
+        "usage_daily",
+        "usage_latency_hourly",
+        "usage_latency_daily",
+    )
+    return {table: count(url, table) for table in tables}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,13 +57,15 @@ def rollup_source(
     time_range: TimeRange,
     *,
     hourly_only: bool = False,
+    tables: tuple[str, str] = (DAILY, HOURLY),
 ) -> tuple[str, list[Any]]:
     """Return a UNION ALL of rollup rows in the range, and the values to bind.
 
     `equal` maps dimension columns to the value they must equal. None values
     are skipped, so an unset team filter matches every team. Set
     `hourly_only` when the caller groups by local hours, which day rows
-    would hide.
+    would hide. `tables` names the daily and the hourly table to read,
+    which may be another pair with the same bucket_start and dimensions.
     """
     unknown = set(equal) - set(DIMENSIONS)
     if unknown:
@@ -71,9 +73,11 @@ def rollup_source(
     parts = [(HOURLY, time_range.start, time_range.end)]
     if not hourly_only:
         parts = split_by_table(time_range)
+    table_names = {DAILY: tables[0], HOURLY: tables[1]}
     selects = []
     params: list[Any] = []
-    for table, start, end in parts:
+    for part_table, start, end in parts:
+        table = table_names[part_table]
         conditions = ["bucket_start >= ?", "bucket_start < ?"]
         params += [start, end]
         for column, value in equal.items():

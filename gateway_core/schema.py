@@ -509,6 +509,53 @@ Index("ix_usage_hourly_project_bucket", usage_hourly.c.project_id, usage_hourly.
 Index("ix_usage_daily_team_bucket", usage_daily.c.team_id, usage_daily.c.bucket_start)
 
 
+def _latency_histogram(name: str) -> Table:
+    """Successful calls per UTC hour or day and dimensions, counted in latency buckets.
+
+    The bucket positions of the count arrays are described in
+    gateway_core.latency_histogram. Keys are not a dimension.
+    """
+    return Table(
+        name,
+        metadata,
+        Column("bucket_start", DateTime(timezone=True), nullable=False),
+        Column("organization_id", BigInteger),
+        Column("team_id", BigInteger),
+        Column("project_id", BigInteger),
+        Column("model", String(200)),
+        Column("provider", String(64)),
+        Column("latency_counts", ARRAY(BigInteger), nullable=False, server_default="{}"),
+        # Time to first token is recorded for streamed calls only.
+        Column("ttft_counts", ARRAY(BigInteger), nullable=False, server_default="{}"),
+        UniqueConstraint(
+            "bucket_start",
+            "organization_id",
+            "team_id",
+            "project_id",
+            "model",
+            "provider",
+            name=f"uq_{name}_bucket_dimensions",
+            postgresql_nulls_not_distinct=True,
+        ),
+    )
+
+
+# Migration 0021.
+usage_latency_hourly = _latency_histogram("usage_latency_hourly")
+usage_latency_daily = _latency_histogram("usage_latency_daily")
+
+Index(
+    "ix_usage_latency_hourly_team_bucket",
+    usage_latency_hourly.c.team_id,
+    usage_latency_hourly.c.bucket_start,
+)
+Index(
+    "ix_usage_latency_daily_team_bucket",
+    usage_latency_daily.c.team_id,
+    usage_latency_daily.c.bucket_start,
+)
+
+
 # Billing with Stripe (migration 0006). Stripe object ids are opaque
 # strings, stored in up to 255 characters.
 STRIPE_ID = String(255)

@@ -5,8 +5,10 @@ The queries run in DuckDB over the Postgres database that
 the rollups: `usage_daily` for whole UTC days inside a range and
 `usage_hourly` for the hours at its edges, so a query reads at most one row
 per day or hour and dimension combination instead of one per call. Latency
-percentiles need the individual calls, so they read `usage_events`, and the
-pushed-down time filter lets Postgres use its `created_at` index.
+percentiles are estimated from the latency histogram rollups
+(`gateway_core.latency_histogram`), within 10% of the exact value, except
+in short ranges that do not start and end on whole UTC hours, whose exact
+percentiles come from the individual calls in `usage_events`.
 
 Every filter value is a bound `?` parameter. Costs are `Decimal`.
 """
@@ -14,12 +16,14 @@ Every filter value is a bound `?` parameter. Costs are `Decimal`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import duckdb
 import pandas as pd
 
+from gateway_core import latency_histogram
 from gateway_core.analytics import to_frame
 from gateway_core.errors import InvalidRequestError
 from gateway_core.rollups import rollup_source
@@ -33,6 +37,10 @@ TOP_DIMENSIONS = ("model", "team", "key")
 SPEND_DIMENSIONS = ("model", "team", "project", "key")
 # The ten decimal places of the NUMERIC(20, 10) cost columns.
 COST_QUANTUM = Decimal("1E-10")
+# Ranges up to this long that do not start and end on whole UTC hours get
+# exact percentiles from usage_events. All other ranges get estimates from
+# the latency histograms.
+EXACT_LATENCY_MAX_LENGTH = timedelta(hours=6)
 
 
 @dataclass(frozen=True)
@@ -59,12 +67,17 @@ class UsageTotals:
 
 @dataclass(frozen=True)
 class LatencyPercentiles:
-    """Percentiles in milliseconds, None when no call in the range has the value."""
+    """Percentiles in milliseconds, None when no call in the range has the value.
+
+    When `estimated` is true, each value is within 10% of the exact
+    percentile (within 1 ms below 1 ms).
+    """
 
     latency_p50: float | None
     latency_p95: float | None
     ttft_p50: float | None
     ttft_p95: float | None
+    estimated: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,13 +176,28 @@ def usage_totals(
     return UsageTotals(*(int(value) for value in row[:5]), cost_usd=Decimal(row[5]))
 
 
+def latency_is_estimated(time_range: TimeRange) -> bool:
+    """Return whether latency percentiles of the range come from the histograms."""
+    whole_hours = latency_histogram.whole_hours(time_range)
+    return whole_hours == time_range or time_range.length > EXACT_LATENCY_MAX_LENGTH
+
+
 def latency_percentiles(
     con: duckdb.DuckDBPyConnection, scope: UsageScope, time_range: TimeRange
 ) -> LatencyPercentiles:
     """Return p50 and p95 of latency and time to first token over successful calls."""
-    # NOTE: exact percentiles need every call of the range in DuckDB. At about
-    # 27,000 calls a day, a 30-day range takes an estimated 3.5 s per call on
-    # a loaded 2-core machine (Overview timings in docs/benchmarks.md).
+    if latency_is_estimated(time_range):
+        histograms = latency_histogram.read_counts(con, _scope_equal(scope), time_range)
+        if not histograms:
+            return LatencyPercentiles(None, None, None, None, estimated=True)
+        counts = histograms[()]
+        return LatencyPercentiles(
+            latency_histogram.estimate_percentile(counts.latency, 0.5),
+            latency_histogram.estimate_percentile(counts.latency, 0.95),
+            latency_histogram.estimate_percentile(counts.ttft, 0.5),
+            latency_histogram.estimate_percentile(counts.ttft, 0.95),
+            estimated=True,
+        )
     where, params = _event_filter(scope, time_range)
     succeeded = "FILTER (WHERE e.status_code < 400)"
     row = con.execute(
@@ -355,9 +383,14 @@ def model_stats(
     return ordered[_MODEL_STATS_COLUMNS].reset_index(drop=True)
 
 
+_MODEL_LATENCY_COLUMNS = ["latency_p50", "latency_p95", "latency_p99", "ttft_p50"]
+
+
 def _model_latency(
     con: duckdb.DuckDBPyConnection, scope: UsageScope, time_range: TimeRange
 ) -> pd.DataFrame:
+    if latency_is_estimated(time_range):
+        return _model_latency_estimates(con, scope, time_range)
     where, params = _event_filter(scope, time_range)
     succeeded = "FILTER (WHERE e.status_code < 400)"
     sql = f"""
@@ -373,6 +406,30 @@ def _model_latency(
         GROUP BY e.model, e.provider
     """
     return to_frame(con.execute(sql, [NO_MODEL, *params]))
+
+
+def _model_latency_estimates(
+    con: duckdb.DuckDBPyConnection, scope: UsageScope, time_range: TimeRange
+) -> pd.DataFrame:
+    histograms = latency_histogram.read_counts(
+        con, _scope_equal(scope), time_range, ("model", "provider")
+    )
+    estimate = latency_histogram.estimate_percentile
+    rows = [
+        {
+            "model": NO_MODEL if model is None else model,
+            "provider": provider or "",
+            "latency_p50": estimate(counts.latency, 0.5),
+            "latency_p95": estimate(counts.latency, 0.95),
+            "latency_p99": estimate(counts.latency, 0.99),
+            "ttft_p50": estimate(counts.ttft, 0.5),
+        }
+        for (model, provider), counts in histograms.items()
+    ]
+    columns = ["model", "provider", *_MODEL_LATENCY_COLUMNS]
+    return pd.DataFrame(rows, columns=columns).astype(
+        {name: "float64" for name in _MODEL_LATENCY_COLUMNS}
+    )
 
 
 def organization_names(con: duckdb.DuckDBPyConnection, organization_id: int) -> OrganizationNames:

@@ -2,7 +2,8 @@
 
 Queries run in DuckDB over the attached Postgres database. Requests,
 tokens, cost, errors and retries come from the daily and hourly rollups,
-and latency percentiles from the individual successful calls. A call counts as
+and latency percentiles of successful calls are estimated from the latency
+histogram rollups (marked ≈, within 10%). A call counts as
 retried when it needed more than one upstream attempt, whether the same
 provider was retried or a fallback model returned the response.
 """
@@ -60,7 +61,8 @@ def load_model_stats(database_url: str, scope: UsageScope, time_range: TimeRange
         return usage_stats.model_stats(cursor, scope, time_range)
 
 
-def render_table(stats: pd.DataFrame) -> None:
+def render_table(stats: pd.DataFrame, latency_estimated: bool) -> None:
+    suffix = "ms, ≈" if latency_estimated else "ms"
     st.dataframe(
         stats,
         hide_index=True,
@@ -82,14 +84,19 @@ def render_table(stats: pd.DataFrame) -> None:
                 format="percent",
                 help="Calls that needed more than one upstream attempt (attempts > 1).",
             ),
-            "latency_p50": st.column_config.NumberColumn("Latency p50 (ms)", format="%.0f"),
-            "latency_p95": st.column_config.NumberColumn("Latency p95 (ms)", format="%.0f"),
-            "latency_p99": st.column_config.NumberColumn("Latency p99 (ms)", format="%.0f"),
+            "latency_p50": st.column_config.NumberColumn(f"Latency p50 ({suffix})", format="%.0f"),
+            "latency_p95": st.column_config.NumberColumn(f"Latency p95 ({suffix})", format="%.0f"),
+            "latency_p99": st.column_config.NumberColumn(f"Latency p99 ({suffix})", format="%.0f"),
             "ttft_p50": st.column_config.NumberColumn(
-                "TTFT p50 (ms)", format="%.0f", help="Time to first token of streamed calls."
+                f"TTFT p50 ({suffix})", format="%.0f", help="Time to first token of streamed calls."
             ),
         },
     )
+    if latency_estimated:
+        st.caption(
+            "≈ Latency and TTFT percentiles are estimates from latency histograms with "
+            "buckets 10% wide: each is within 10% of the exact percentile."
+        )
 
 
 def chart_labels(stats: pd.DataFrame) -> list[str]:
@@ -225,5 +232,5 @@ if stats.empty:
         "here once requests go through the proxy."
     )
     st.stop()
-render_table(stats)
+render_table(stats, usage_stats.latency_is_estimated(time_range))
 render_charts(stats)

@@ -2,8 +2,9 @@
 
 Each figure is compared with the period before. Queries run in DuckDB
 (gateway_core.usage_stats): counts and cost come from the daily and hourly
-rollups, and latency percentiles from the individual calls. Days and months
-follow the organization's time zone.
+rollups, and latency percentiles are estimated from the latency histogram
+rollups (shown with ≈, within 10%). Days and months follow the
+organization's time zone.
 """
 
 from __future__ import annotations
@@ -79,8 +80,16 @@ def percent(rate: float | None) -> str:
     return "–" if rate is None else f"{rate:.2%}"
 
 
-def milliseconds(value: float | None) -> str:
-    return "–" if value is None else f"{value:,.0f} ms"
+LATENCY_ESTIMATE_NOTE = (
+    "≈ marks an estimate from latency histograms with buckets 10% wide: "
+    "it is within 10% of the exact percentile."
+)
+
+
+def milliseconds(value: float | None, estimated: bool = False) -> str:
+    if value is None:
+        return "–"
+    return f"≈{value:,.0f} ms" if estimated else f"{value:,.0f} ms"
 
 
 def change(
@@ -133,10 +142,11 @@ def render_metrics(
         value = getattr(latency, name)
         column.metric(
             label,
-            milliseconds(value),
+            milliseconds(value, latency.estimated),
             delta=change(value, getattr(previous_latency, name), "+,.0f"),
             delta_color="inverse",
-            help="Over successful calls. TTFT (time to first token) exists for streamed calls.",
+            help="Over successful calls. TTFT (time to first token) exists for streamed calls."
+            + (f" {LATENCY_ESTIMATE_NOTE}" if latency.estimated else ""),
         )
     st.caption(f"Changes compare with the {period_label.lower()} before, of the same length.")
 

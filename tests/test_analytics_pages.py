@@ -149,6 +149,13 @@ def local_today() -> date:
     return datetime.now(UTC).astimezone(ZoneInfo(ZONE)).date()
 
 
+def estimate_ms(text: str) -> float:
+    """Return the number of an Overview latency metric shown as an estimate, "≈1,234 ms"."""
+    assert text.startswith("≈"), text
+    assert text.endswith(" ms"), text
+    return float(text[1:-3].replace(",", ""))
+
+
 # Overview
 
 
@@ -166,10 +173,11 @@ def test_overview_metrics_and_previous_period(cookies, engine: Engine) -> None:
     assert metrics["Spend, last 7 days (USD)"] == "$3.7500"
     assert metrics["Requests"] == "3"
     assert metrics["Error rate"] == "33.33%"
-    # Successful calls n1 (100 ms) and n2 (300 ms), interpolated percentiles.
-    assert metrics["Latency p50"] == "200 ms"
-    assert metrics["Latency p95"] == "290 ms"
-    assert metrics["TTFT p50"] == "20 ms"
+    # Successful calls n1 (100 ms) and n2 (300 ms), interpolated percentiles,
+    # estimated from the latency histograms within 10%.
+    assert estimate_ms(metrics["Latency p50"]) == pytest.approx(200, rel=0.1)
+    assert estimate_ms(metrics["Latency p95"]) == pytest.approx(290, rel=0.1)
+    assert estimate_ms(metrics["TTFT p50"]) == pytest.approx(20, rel=0.1)
     deltas = {metric.label: metric.proto.delta for metric in at.metric}
     assert deltas["Spend, last 7 days (USD)"] == "+0.7500"
     assert deltas["Requests"] == "+2"
@@ -298,11 +306,13 @@ def test_model_analytics_rates_and_latency(cookies, engine: Engine) -> None:
     assert stats.loc[MODEL_A, "retry_rate"] == 0.5
     # (1.25 + 2.0000000001) * 1000 / 2 requests
     assert stats.loc[MODEL_A, "cost_per_1k_requests"] == Decimal("1625.0000000500")
-    # n3 failed, so only n1 counts for latency.
-    assert stats.loc[MODEL_A, "latency_p50"] == 100
-    assert stats.loc[MODEL_A, "ttft_p50"] == 20
+    # n3 failed, so only n1 counts for latency. Percentiles are estimates
+    # from the latency histograms, within 10%.
+    assert stats.loc[MODEL_A, "latency_p50"] == pytest.approx(100, rel=0.1)
+    assert stats.loc[MODEL_A, "ttft_p50"] == pytest.approx(20, rel=0.1)
     assert stats.loc[MODEL_B, "requests"] == 1
-    assert stats.loc[MODEL_B, "latency_p95"] == 300
+    assert stats.loc[MODEL_B, "latency_p95"] == pytest.approx(300, rel=0.1)
+    assert any("estimates from latency histograms" in caption.value for caption in at.caption)
     titles = [spec["layout"]["title"]["text"] for spec in plotly_specs(at)]
     assert titles == [
         "Cost per 1,000 requests (USD)",
