@@ -94,6 +94,8 @@ REQUESTS_PER_MINUTE = WindowKind("requests_per_minute", "requests", 60, "request
 TOKENS_PER_MINUTE = WindowKind("tokens_per_minute", "tokens", 60, "tokens per minute")
 REQUESTS_PER_DAY = WindowKind("requests_per_day", "requests", 86_400, "requests per day")
 WINDOW_KINDS = (REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE, REQUESTS_PER_DAY)
+# WindowCheck objects kept for reuse per limiter; the cache is emptied when full.
+_WINDOW_CACHE_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -107,20 +109,19 @@ class WindowCheck:
     amount: int
     # Unix seconds, a multiple of kind.seconds.
     window_start: int
+    # Derived from the fields above once, because every check reads them
+    # several times per request.
+    window_end: int = field(init=False, repr=False, compare=False)
+    # A request with no estimated tokens still needs one token of room, so
+    # a window that is already full rejects it.
+    need: int = field(init=False, repr=False, compare=False)
+    key: tuple[str, int, str, int] = field(init=False, repr=False, compare=False)
 
-    @property
-    def window_end(self) -> int:
-        return self.window_start + self.kind.seconds
-
-    @property
-    def need(self) -> int:
-        # A request with no estimated tokens still needs one token of room,
-        # so a window that is already full rejects it.
-        return max(self.amount, 1)
-
-    @property
-    def key(self) -> tuple[str, int, str, int]:
-        return (self.scope[0], self.scope[1], self.kind.name, self.window_start)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "window_end", self.window_start + self.kind.seconds)
+        object.__setattr__(self, "need", max(self.amount, 1))
+        key = (self.scope[0], self.scope[1], self.kind.name, self.window_start)
+        object.__setattr__(self, "key", key)
 
 
 @dataclass(frozen=True)
@@ -780,6 +781,7 @@ class RateLimiter:
         self._retry_at: float | None = None
         self._failures = 0
         self._outage_warning = _RepeatedWarning(warning_interval)
+        self._windows: dict[tuple[Scope, str, int, int, int], WindowCheck] = {}
         # Tickets acquired and not yet released, for the metrics gauge.
         self.open_tickets = 0
 
@@ -863,10 +865,28 @@ class RateLimiter:
                     continue
                 amount = estimated_tokens if kind.unit == "tokens" else 1
                 window_start = int(now // kind.seconds) * kind.seconds
-                windows.append(WindowCheck(scope, kind, max(limit, 0), amount, window_start))
+                windows.append(self._window(scope, kind, max(limit, 0), amount, window_start))
             if config.max_concurrent is not None:
                 slots.append(SlotCheck(scope, max(config.max_concurrent, 0)))
         return windows, slots
+
+    def _window(
+        self, scope: Scope, kind: WindowKind, limit: int, amount: int, window_start: int
+    ) -> WindowCheck:
+        """Return the WindowCheck for these values, reusing an equal one made earlier.
+
+        WindowCheck is immutable, and requests of one scope mostly repeat the
+        same checks within a window, so one object serves them all.
+        """
+        cache_key = (scope, kind.name, limit, amount, window_start)
+        window = self._windows.get(cache_key)
+        if window is None:
+            if len(self._windows) >= _WINDOW_CACHE_SIZE:
+                self._windows.clear()
+            window = self._windows[cache_key] = WindowCheck(
+                scope, kind, limit, amount, window_start
+            )
+        return window
 
     async def _acquire(
         self,
