@@ -214,8 +214,7 @@ class UsageRecorder:
             if not self._pending:
                 if self._closing:
                     return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), self._flush_interval)
+                await self._wait_for_wakeup(self._flush_interval)
                 self._wakeup.clear()
                 continue
             await self._linger()
@@ -264,9 +263,18 @@ class UsageRecorder:
         if delay <= 0:
             return
         self._wakeup.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), delay)
+        await self._wait_for_wakeup(delay)
         self._wakeup.clear()
+
+    async def _wait_for_wakeup(self, delay: float) -> None:
+        """Wait until `record` or `close` sets the wakeup event, or `delay` seconds.
+
+        asyncio.timeout runs the wait in this task, where wait_for would
+        start a task for it on every call.
+        """
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._wakeup.wait()
 
     def _done(self, batch: list[dict[str, Any]], crossings: list[BudgetCrossing]) -> None:
         for _ in batch:

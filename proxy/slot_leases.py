@@ -112,19 +112,22 @@ class SlotLeases:
 
     async def claim(self, slot: SlotCheck, now: float) -> bool:
         """Lease one more slot of `slot.scope`; False when the limit is reached."""
-        self._ensure_task()
         lock = self._locks.setdefault(slot.scope, asyncio.Lock())
         async with lock:
             if self._table.in_flight(slot.scope, now) < self.held(slot.scope):
                 return True
             if await self._claim_one(slot):
+                self._ensure_task()
                 return True
         # Another process may hold an idle slot that it gives back soon.
         await asyncio.sleep(self._idle_return * 2)
         async with lock:
             if self._table.in_flight(slot.scope, self._now()) < self.held(slot.scope):
                 return True
-            return await self._claim_one(slot)
+            claimed = await self._claim_one(slot)
+        if claimed:
+            self._ensure_task()
+        return claimed
 
     async def close(self) -> None:
         """Stop the upkeep task and give back every slot."""
@@ -173,6 +176,10 @@ class SlotLeases:
         while True:
             await asyncio.sleep(self._idle_return / 4)
             now = self._now()
+            if not self._held:
+                # Nothing to give back or renew; a later claim starts a new task.
+                self._task = None
+                return
             try:
                 await self._return_idle(now)
                 if now >= next_extend and self._held:
