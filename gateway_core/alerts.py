@@ -464,7 +464,7 @@ def _queue_email(
 
 
 class AlertMessage(Protocol):
-    """What a channel sends: a budget alert or a health alert."""
+    """A message for an alert channel: a budget alert or a health alert."""
 
     def subject(self) -> str: ...
 

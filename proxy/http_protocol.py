@@ -1,9 +1,9 @@
 """uvicorn's httptools protocol with limits on how a request arrives.
 
-uvicorn 0.54 over httptools accepts a request head of any size, and it arms
-no timer before the first request on a connection (its keep-alive timeout
-starts only after a response), so a client that trickles its headers keeps
-a connection open forever. This protocol adds three limits from
+uvicorn 0.54 over httptools accepts a request head of any size. It also
+arms no timer before the first request on a connection, because its
+keep-alive timeout starts only after a response. So a client that trickles
+its headers keeps a connection open forever. This protocol adds three limits from
 `ConnectionLimits`: the head's size (431), the time to receive the head
 (408) and the time to receive the body (408). Start the proxy with
 `--http proxy.http_protocol:GuardedHttpToolsProtocol` to use it.

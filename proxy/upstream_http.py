@@ -61,7 +61,7 @@ class Timeouts:
 
     # Waiting for a pooled connection plus opening a new one.
     connect: float
-    # Longest wait for the next bytes of a response, first byte included.
+    # Maximum wait for the next bytes of a response, first byte included.
     read: float
 
     def client_timeout(self) -> aiohttp.ClientTimeout:
@@ -112,7 +112,7 @@ class Response:
         """Give the connection back to the pool, or close it if the body is unread.
 
         Safe to call more than once. Closing an unfinished stream closes its
-        connection, so the provider sees the request cancelled at once.
+        connection, which cancels the request at the provider at once.
         """
         raw = self._raw
         if raw is None:
