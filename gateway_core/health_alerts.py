@@ -11,9 +11,12 @@ recorded but sends nothing, so a flapping condition sends at most one
 message per cool-down window.
 
 error_rate and p95_latency are measured in usage_events, which all workers
-share. circuit_open and spool_rows are the evaluating worker's own state,
-so their incidents are resolved only after no worker has seen the
-condition for `resolve_grace` seconds.
+share. circuit_open and spool_rows are the evaluating worker's own state.
+An incident of any kind is resolved only after no worker has seen its
+condition for `resolve_grace` seconds. For a local condition that means
+every worker agrees it is gone; for a measured one, a value hovering at the
+threshold keeps one incident open instead of resolving and reopening it on
+alternate evaluations.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import httpx
 from sqlalchemy import Connection, text
 
 from gateway_core import alerts
-from gateway_core.health_rules import DATABASE_KINDS, HealthRule
+from gateway_core.health_rules import HealthRule
 
 logger = logging.getLogger("gatewayz.health")
 
@@ -177,8 +180,9 @@ def evaluate_rule(
     """
     reading = read_rule(conn, rule, local)
     if not reading.firing:
-        grace = 0.0 if rule.kind in DATABASE_KINDS else resolve_grace
-        resolved = conn.execute(text(_RESOLVE), {"rule_id": rule.id, "grace": grace}).first()
+        resolved = conn.execute(
+            text(_RESOLVE), {"rule_id": rule.id, "grace": resolve_grace}
+        ).first()
         if resolved is None:
             return "clear"
         logger.info("health rule %d recovered; incident %d resolved", rule.id, resolved.id)

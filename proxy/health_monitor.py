@@ -78,8 +78,8 @@ class HealthMonitor:
                         source=self._source,
                         settings_secret=self._settings.encryption_key,
                         smtp=self._smtp,
-                        # Three missed evaluations of the worker that saw a
-                        # local condition mean it no longer holds there.
+                        # Three evaluations without the condition, by any
+                        # worker, resolve the incident.
                         resolve_grace=3 * self._settings.health_interval,
                     )
             except SQLAlchemyError as exc:
