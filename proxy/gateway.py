@@ -201,9 +201,11 @@ class Gateway:
         """Settle the call's reservation and limits and queue its usage row; once per call."""
         if ctx.rate_ticket is not None:
             ticket, ctx.rate_ticket = ctx.rate_ticket, None
-            task = asyncio.create_task(self.limiter.release(ticket, ctx.usage.total_tokens))
-            self.background.add(task)
-            task.add_done_callback(self.background.discard)
+            tokens = ctx.usage.total_tokens
+            if not self.limiter.release_in_memory(ticket, tokens):
+                task = asyncio.create_task(self.limiter.release(ticket, tokens))
+                self.background.add(task)
+                task.add_done_callback(self.background.discard)
         observe(ctx, self.settings.access_log)
         row = ctx.usage_row()
         if ctx.log_bodies and ctx.identity is not None and ctx.request_body is not None:

@@ -94,8 +94,12 @@ REQUESTS_PER_MINUTE = WindowKind("requests_per_minute", "requests", 60, "request
 TOKENS_PER_MINUTE = WindowKind("tokens_per_minute", "tokens", 60, "tokens per minute")
 REQUESTS_PER_DAY = WindowKind("requests_per_day", "requests", 86_400, "requests per day")
 WINDOW_KINDS = (REQUESTS_PER_MINUTE, TOKENS_PER_MINUTE, REQUESTS_PER_DAY)
-# WindowCheck objects kept for reuse per limiter; the cache is emptied when full.
+# WindowCheck objects and plans kept for reuse per limiter; each cache is
+# emptied when full.
 _WINDOW_CACHE_SIZE = 10_000
+_PLAN_CACHE_SIZE = 10_000
+# Token estimates whose windows one plan keeps.
+_PLAN_TOKEN_SIZES = 64
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,24 @@ class SlotCheck:
 
     scope: Scope
     limit: int
+
+
+@dataclass
+class _Plan:
+    """The checks of one set of scopes with one set of limits, in one minute.
+
+    Only the tokens-per-minute checks depend on the request, through its
+    token estimate, so `by_tokens` keeps the finished checks per estimate.
+    """
+
+    # Per window: the check, or for a tokens check the (scope, limit,
+    # window start) to build it from.
+    templates: tuple[WindowCheck | tuple[Scope, int, int], ...]
+    slots: tuple[SlotCheck, ...]
+    slot_scopes: tuple[Scope, ...]
+    by_tokens: dict[int, tuple[tuple[WindowCheck, ...], tuple[WindowCheck, ...]]] = field(
+        default_factory=dict
+    )
 
 
 @dataclass
@@ -172,6 +194,18 @@ class RateLimitBackend(Protocol):
         now: float,
     ) -> None:
         """Free the ticket's slots and add each delta to its window, never below zero."""
+
+    def release_in_memory(
+        self,
+        ticket_id: str,
+        slot_scopes: Sequence[Scope],
+        corrections: Sequence[tuple[WindowCheck, int]],
+        now: float,
+    ) -> bool:
+        """Apply `release` in memory and return True.
+
+        Return False, with nothing changed, when the release needs I/O.
+        """
 
     async def close(self) -> None: ...
 
@@ -260,10 +294,20 @@ class LocalBackend:
         corrections: Sequence[tuple[WindowCheck, int]],
         now: float,
     ) -> None:
+        self.release_in_memory(ticket_id, slot_scopes, corrections, now)
+
+    def release_in_memory(
+        self,
+        ticket_id: str,
+        slot_scopes: Sequence[Scope],
+        corrections: Sequence[tuple[WindowCheck, int]],
+        now: float,
+    ) -> bool:
         self._slots.remove(slot_scopes, ticket_id)
         for window, delta in corrections:
             used, _ = self._counters.get(window.key, (0, window.window_end))
             self._counters[window.key] = (max(used + delta, 0), window.window_end)
+        return True
 
     async def close(self) -> None:
         self._counters.clear()
@@ -430,6 +474,15 @@ class RedisBackend:
             args += [delta, _counter_ttl(window, now)]
         await self._run(self._release_script, keys, args)
 
+    def release_in_memory(
+        self,
+        ticket_id: str,
+        slot_scopes: Sequence[Scope],
+        corrections: Sequence[tuple[WindowCheck, int]],
+        now: float,
+    ) -> bool:
+        return False
+
     async def close(self) -> None:
         await self._client.aclose()
 
@@ -561,6 +614,8 @@ class PostgresBackend:
         corrections: Sequence[tuple[WindowCheck, int]],
         now: float,
     ) -> None:
+        if self.release_in_memory(ticket_id, slot_scopes, corrections, now):
+            return
         self._slots.remove(slot_scopes, ticket_id)
         for window, delta in corrections:
             lease = self._lease(window)
@@ -573,6 +628,23 @@ class PostgresBackend:
             lease.available -= spent_from_block
             if delta > spent_from_block:
                 await self._add_overage(window, delta - spent_from_block)
+
+    def release_in_memory(
+        self,
+        ticket_id: str,
+        slot_scopes: Sequence[Scope],
+        corrections: Sequence[tuple[WindowCheck, int]],
+        now: float,
+    ) -> bool:
+        # Only tokens used beyond the estimate and beyond this worker's
+        # block need a write to Postgres.
+        for window, delta in corrections:
+            if delta > self._available(window):
+                return False
+        self._slots.remove(slot_scopes, ticket_id)
+        for window, delta in corrections:
+            self._lease(window).available -= delta
+        return True
 
     async def close(self) -> None:
         await self._slot_leases.close()
@@ -612,14 +684,19 @@ class PostgresBackend:
         if rejected_slot is not None:
             counts = self._estimated_counts(windows)
             return AcquireOutcome(counts, in_flight, rejected_slot=rejected_slot)
-        if self._slot_leases.short(slots, now):
+        if slots and self._slot_leases.short(slots, now):
             return None
-        if any(self._available(window) < window.need for window in windows):
-            return None
-        for window in windows:
-            self._leases[window.key].available -= window.amount
+        leases = self._leases
+        found = [leases.get(window.key) for window in windows]
+        for window, lease in zip(windows, found, strict=True):
+            if lease is None or lease.available < window.need:
+                return None
+        counts = []
+        for window, lease in zip(windows, found, strict=True):
+            lease.available -= window.amount  # type: ignore[union-attr]
+            counts.append(max(lease.shared_used - lease.available, 0))  # type: ignore[union-attr]
         self._slots.add(slots, ticket_id, now)
-        return AcquireOutcome(self._estimated_counts(windows), [n + 1 for n in in_flight])
+        return AcquireOutcome(counts, [n + 1 for n in in_flight])
 
     def _rejection(
         self,
@@ -782,6 +859,7 @@ class RateLimiter:
         self._failures = 0
         self._outage_warning = _RepeatedWarning(warning_interval)
         self._windows: dict[tuple[Scope, str, int, int, int], WindowCheck] = {}
+        self._plans: dict[tuple[Any, ...], _Plan] = {}
         # Tickets acquired and not yet released, for the metrics gauge.
         self.open_tickets = 0
 
@@ -796,8 +874,11 @@ class RateLimiter:
         """Admit a request against every limit of `scopes`, or raise RateLimitError."""
         now = self._clock() if now is None else now
         estimated_tokens = max(estimated_tokens, 0)
-        windows, slots = self._plan(scopes, estimated_tokens, now)
-        ticket_id = secrets.token_hex(12)
+        plan = self._plan(scopes, now)
+        windows, token_windows = self._windows_of(plan, estimated_tokens)
+        slots = plan.slots
+        # Ticket ids name concurrency slots, so only requests that take one need one.
+        ticket_id = secrets.token_hex(12) if slots else ""
         if not windows and not slots:
             self.open_tickets += 1
             return RateLimitTicket(ticket_id, estimated_tokens, (), (), None)
@@ -808,8 +889,8 @@ class RateLimiter:
         return RateLimitTicket(
             ticket_id,
             estimated_tokens,
-            tuple(window for window in windows if window.kind is TOKENS_PER_MINUTE),
-            tuple(slot.scope for slot in slots),
+            token_windows,
+            plan.slot_scopes,
             backend,
             limit_headers(windows, outcome.counts, now),
         )
@@ -824,17 +905,13 @@ class RateLimiter:
         tokens are charged to the current window and a surplus is dropped.
         Releasing a ticket twice does nothing.
         """
-        if ticket.released:
+        now = self._clock() if now is None else now
+        if self.release_in_memory(ticket, actual_tokens, now) or ticket.backend is None:
             return
         ticket.released = True
         self.open_tickets -= 1
-        if ticket.backend is None:
-            return
-        now = self._clock() if now is None else now
         delta = max(actual_tokens, 0) - ticket.estimated_tokens
         corrections = token_corrections(ticket.token_windows, delta, now)
-        if not corrections and not ticket.slot_scopes:
-            return
         try:
             await ticket.backend.release(ticket.ticket_id, ticket.slot_scopes, corrections, now)
         except BackendUnavailableError as exc:
@@ -846,29 +923,93 @@ class RateLimiter:
                 exc,
             )
 
+    def release_in_memory(
+        self, ticket: RateLimitTicket, actual_tokens: int, now: float | None = None
+    ) -> bool:
+        """Release the ticket as `release` does if that needs no I/O, and return True.
+
+        Return False, with the ticket still held, when `release` must be
+        awaited. The proxy calls this first so that most calls end without
+        a task for their release.
+        """
+        if ticket.released:
+            return True
+        backend = ticket.backend
+        if backend is not None:
+            now = self._clock() if now is None else now
+            delta = max(actual_tokens, 0) - ticket.estimated_tokens
+            corrections = token_corrections(ticket.token_windows, delta, now)
+            if (corrections or ticket.slot_scopes) and not backend.release_in_memory(
+                ticket.ticket_id, ticket.slot_scopes, corrections, now
+            ):
+                return False
+        ticket.released = True
+        self.open_tickets -= 1
+        return True
+
     async def close(self) -> None:
         await self._backend.close()
         await self._fallback.close()
 
-    def _plan(
-        self, scopes: list[Scope], estimated_tokens: int, now: float
-    ) -> tuple[list[WindowCheck], list[SlotCheck]]:
-        windows: list[WindowCheck] = []
+    def _plan(self, scopes: list[Scope], now: float) -> _Plan:
+        """Return the checks of `scopes` in the minute of `now`, reusing an equal plan.
+
+        The cache key contains the scopes' current configs, so a reloaded limit
+        makes a new plan. Day windows start on minute boundaries too, so
+        one plan never spans two days.
+        """
+        scope_keys = tuple(scopes)
+        configs = tuple([self._limits.get(*scope) for scope in scope_keys])
+        minute = int(now // 60)
+        cache_key = (scope_keys, configs, minute)
+        plan = self._plans.get(cache_key)
+        if plan is not None:
+            return plan
+        templates: list[WindowCheck | tuple[Scope, int, int]] = []
         slots: list[SlotCheck] = []
-        for scope in dict.fromkeys(scopes):
-            config = self._limits.get(*scope)
+        for scope, config in dict(zip(scope_keys, configs, strict=True)).items():
             if config is None:
                 continue
             for kind in WINDOW_KINDS:
                 limit = getattr(config, kind.name)
                 if limit is None:
                     continue
-                amount = estimated_tokens if kind.unit == "tokens" else 1
                 window_start = int(now // kind.seconds) * kind.seconds
-                windows.append(self._window(scope, kind, max(limit, 0), amount, window_start))
+                if kind is TOKENS_PER_MINUTE:
+                    templates.append((scope, max(limit, 0), window_start))
+                else:
+                    templates.append(self._window(scope, kind, max(limit, 0), 1, window_start))
             if config.max_concurrent is not None:
                 slots.append(SlotCheck(scope, max(config.max_concurrent, 0)))
-        return windows, slots
+        if len(self._plans) >= _PLAN_CACHE_SIZE:
+            self._plans.clear()
+        plan = self._plans[cache_key] = _Plan(
+            tuple(templates), tuple(slots), tuple(slot.scope for slot in slots)
+        )
+        return plan
+
+    def _windows_of(
+        self, plan: _Plan, estimated_tokens: int
+    ) -> tuple[tuple[WindowCheck, ...], tuple[WindowCheck, ...]]:
+        """Return the plan's checks for this token estimate, and its tokens checks."""
+        found = plan.by_tokens.get(estimated_tokens)
+        if found is not None:
+            return found
+        windows = tuple(
+            [
+                template
+                if isinstance(template, WindowCheck)
+                else self._window(
+                    template[0], TOKENS_PER_MINUTE, template[1], estimated_tokens, template[2]
+                )
+                for template in plan.templates
+            ]
+        )
+        token_windows = tuple(w for w in windows if w.kind is TOKENS_PER_MINUTE)
+        if len(plan.by_tokens) >= _PLAN_TOKEN_SIZES:
+            plan.by_tokens.clear()
+        found = plan.by_tokens[estimated_tokens] = (windows, token_windows)
+        return found
 
     def _window(
         self, scope: Scope, kind: WindowKind, limit: int, amount: int, window_start: int
@@ -954,6 +1095,15 @@ def format_reset(seconds: float) -> str:
     return f"{secs}s"
 
 
+_HEADER_NAMES = tuple(
+    (
+        unit,
+        (f"x-ratelimit-limit-{unit}", f"x-ratelimit-remaining-{unit}", f"x-ratelimit-reset-{unit}"),
+    )
+    for unit in ("requests", "tokens")
+)
+
+
 def limit_headers(
     windows: Sequence[WindowCheck],
     counts: Sequence[int],
@@ -965,22 +1115,24 @@ def limit_headers(
     The rejected window, if given, is reported for its unit in place of the
     tightest one.
     """
-    headers: dict[str, str] = {}
-    for unit in ("requests", "tokens"):
-        candidates = [
-            (window, used)
-            for window, used in zip(windows, counts, strict=True)
-            if window.kind.unit == unit
-        ]
-        if not candidates:
+    # Per unit: (limit - used, limit, window, used) of the window to report.
+    chosen: dict[str, tuple[int, int, WindowCheck, int]] = {}
+    for window, used in zip(windows, counts, strict=True):
+        unit = window.kind.unit
+        best = chosen.get(unit)
+        if best is not None and best[2] is rejected:
             continue
-        chosen = [pair for pair in candidates if pair[0] is rejected]
-        if not chosen:
-            chosen = [min(candidates, key=lambda pair: (pair[0].limit - pair[1], pair[0].limit))]
-        window, used = chosen[0]
-        headers[f"x-ratelimit-limit-{unit}"] = str(window.limit)
-        headers[f"x-ratelimit-remaining-{unit}"] = str(max(window.limit - used, 0))
-        headers[f"x-ratelimit-reset-{unit}"] = format_reset(window.window_end - now)
+        candidate = (window.limit - used, window.limit, window, used)
+        if best is None or window is rejected or candidate[:2] < best[:2]:
+            chosen[unit] = candidate
+    headers: dict[str, str] = {}
+    for unit, (limit_name, remaining_name, reset_name) in _HEADER_NAMES:
+        if unit not in chosen:
+            continue
+        _, limit, window, used = chosen[unit]
+        headers[limit_name] = str(limit)
+        headers[remaining_name] = str(max(limit - used, 0))
+        headers[reset_name] = format_reset(window.window_end - now)
     return headers
 
 

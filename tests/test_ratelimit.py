@@ -352,6 +352,26 @@ def test_headers_report_tightest_limits(backends: BackendFactory) -> None:
     asyncio.run(run())
 
 
+def test_changed_limit_applies_at_once(backends: BackendFactory) -> None:
+    async def run() -> None:
+        configs = {KEY: RateLimitConfig(requests_per_minute=2)}
+        async with backends.limiter(configs) as limiter:
+            await limiter.acquire([KEY], 0, now=T0)
+            await limiter.acquire([KEY], 0, now=T0)
+            error = await rejection(limiter, [KEY], 0, T0 + 1)
+            assert "allows 2 requests per minute" in error.message
+
+            # A reloaded limit takes effect within the same minute.
+            configs[KEY] = RateLimitConfig(requests_per_minute=3)
+            ticket = await limiter.acquire([KEY], 0, now=T0 + 2)
+            assert ticket.headers()["x-ratelimit-limit-requests"] == "3"
+            assert ticket.headers()["x-ratelimit-remaining-requests"] == "0"
+            del configs[KEY]
+            assert (await limiter.acquire([KEY], 0, now=T0 + 3)).headers() == {}
+
+    asyncio.run(run())
+
+
 def test_unlimited_scopes_pass(backends: BackendFactory) -> None:
     async def run() -> None:
         async with backends.limiter({}) as limiter:
