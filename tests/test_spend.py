@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -290,6 +291,11 @@ def test_rate_limit_headers_and_429(
     proxy = start_proxy(database_url, tmp_path / "proxy.log")
     try:
         body = {**CHAT, "model": "fake/any", "max_tokens": MAX_TOKENS}
+        # Minute windows follow the clock, so the four calls must not
+        # straddle a minute boundary.
+        seconds_left = 60 - time.time() % 60
+        if seconds_left < 20:
+            time.sleep(seconds_left + 0.1)
         responses = [post_json(proxy.base_url, "/v1/chat/completions", body, key) for _ in range(4)]
     finally:
         proxy.stop()
