@@ -63,7 +63,7 @@ PERMISSIONS: Mapping[str, frozenset[str]] = MappingProxyType(
         "providers.manage": _OWNER_ADMIN,
     }
 )
-# Actions that change what every organization sees: refused to organization users.
+# Actions that change every organization, so organization users are rejected.
 INSTALLATION_ACTIONS = frozenset(
     {"organizations.create", "models.manage", "providers.manage", "signup.manage"}
 )
@@ -100,7 +100,7 @@ class Actor:
 
 
 def as_actor(principal: Actor | str) -> Actor:
-    """Return `principal` as an Actor; a bare role is an installation-wide principal.
+    """Return `principal` as an Actor. A bare role is an installation-wide principal.
 
     The command line and admin API keys pass a role string, and both act on
     the whole installation.
@@ -181,7 +181,7 @@ def load_actor(
 def require_actor(actor: Actor, action: str) -> None:
     """Raise PermissionDeniedError unless the actor's role allows `action`.
 
-    An action in INSTALLATION_ACTIONS is also refused to organization users.
+    An action in INSTALLATION_ACTIONS also raises it for organization users.
     """
     require(actor.role, action)
     if action in INSTALLATION_ACTIONS and not actor.is_staff:

@@ -170,7 +170,7 @@ def denied(engine: Engine, write, *, code: str | None = None) -> PermissionDenie
 # gateway_core
 
 
-def test_sign_up_makes_organization_user(engine: Engine, tenants) -> None:
+def test_signup_creates_organization_user(engine: Engine, tenants) -> None:
     alpha, beta = tenants
     assert alpha.owner.organization_ids == frozenset({alpha.organization_id})
     assert beta.owner.organization_ids == frozenset({beta.organization_id})
@@ -178,7 +178,7 @@ def test_sign_up_makes_organization_user(engine: Engine, tenants) -> None:
         assert access.organization_ids_of(conn, "root") is None
 
 
-def test_keys_of_other_organization_refused(engine: Engine, tenants) -> None:
+def test_other_keys_rejected(engine: Engine, tenants) -> None:
     alpha, beta = tenants
     intruder = beta.owner
     denied(
@@ -197,7 +197,7 @@ def test_keys_of_other_organization_refused(engine: Engine, tenants) -> None:
         assert keys_admin.key_policy(conn, STAFF, alpha.key_id)["tags"] == []
 
 
-def test_teams_and_projects_of_other_organization_refused(engine: Engine, tenants) -> None:
+def test_other_teams_projects_rejected(engine: Engine, tenants) -> None:
     alpha, beta = tenants
     intruder = beta.owner
     denied(engine, lambda c: keys_admin.create_team(c, intruder, "sneaky", alpha.organization_id))
@@ -210,7 +210,7 @@ def test_teams_and_projects_of_other_organization_refused(engine: Engine, tenant
     assert team.organization_id == alpha.organization_id
 
 
-def test_budgets_and_limits_of_other_organization_refused(engine: Engine, tenants) -> None:
+def test_other_budgets_limits_rejected(engine: Engine, tenants) -> None:
     alpha, beta = tenants
     intruder = beta.owner
     for scope_type, scope_id in (
@@ -241,7 +241,7 @@ def test_budgets_and_limits_of_other_organization_refused(engine: Engine, tenant
         assert limits_admin.delete_budget(conn, alpha.owner, alpha.budget_id) is True
 
 
-def test_alert_channels_and_rules_refused(engine: Engine, tenants) -> None:
+def test_other_channels_rules_rejected(engine: Engine, tenants) -> None:
     alpha, beta = tenants
     intruder = beta.owner
     denied(
@@ -271,7 +271,7 @@ def test_alert_channels_and_rules_refused(engine: Engine, tenants) -> None:
             c, intruder, organization_id=alpha.organization_id, **rule
         ),
     )
-    # Moving the other organization's rule into one's own is refused too.
+    # Moving the other organization's rule into one's own is rejected too.
     denied(
         engine,
         lambda c: health_rules.save_rule(
@@ -286,7 +286,7 @@ def test_alert_channels_and_rules_refused(engine: Engine, tenants) -> None:
     assert [channel.target for channel in channels] == ["alerts@alpha.example"]
 
 
-def test_audit_rows_of_other_organization_hidden(engine: Engine, tenants) -> None:
+def test_other_audit_rows_hidden(engine: Engine, tenants) -> None:
     alpha, beta = tenants
     with engine.connect() as conn:
         beta_rows = audit_search.search(conn, beta.owner, AuditFilters())
@@ -302,7 +302,7 @@ def test_audit_rows_of_other_organization_hidden(engine: Engine, tenants) -> Non
     denied(engine, lambda c: audit_search.verify(c, beta.owner), code="installation_action")
 
 
-def test_usage_of_other_organization_refused(engine: Engine, database_url: str, tenants) -> None:
+def test_other_usage_rejected(engine: Engine, database_url: str, tenants) -> None:
     alpha, beta = tenants
     intruder = beta.owner
     denied(engine, lambda c: reports.scope_for_team(c, alpha.team_id, None, intruder))
@@ -347,7 +347,7 @@ def test_usage_of_other_organization_refused(engine: Engine, database_url: str, 
     explorer.require_filters(alpha.owner, filters)
 
 
-def test_users_of_other_organization_refused(engine: Engine, tenants) -> None:
+def test_other_users_rejected(engine: Engine, tenants) -> None:
     alpha, beta = tenants
     intruder = beta.owner
     with engine.connect() as conn:
@@ -386,7 +386,7 @@ def test_users_of_other_organization_refused(engine: Engine, tenants) -> None:
     assert len(members) == 1
 
 
-def test_installation_actions_refused(engine: Engine, tenants) -> None:
+def test_installation_actions_rejected(engine: Engine, tenants) -> None:
     alpha, beta = tenants
     owner = beta.owner
     code = "installation_action"
@@ -456,19 +456,8 @@ OWNER_PAGES = (
 )
 
 
-def picks(at: AppTest, team_name: str) -> None:
-    """Choose the named team wherever a page offers a team choice, and rerun."""
-    changed = False
-    for box in at.selectbox:
-        if box.label == "Team" and team_name in [str(option) for option in box.options]:
-            box.select(team_name)
-            changed = True
-    if changed:
-        at.run()
-
-
 @pytest.mark.parametrize("prefix", ["alpha", "beta"])
-def test_owner_pages_show_only_own_organization(cookies, engine: Engine, tenants, prefix) -> None:
+def test_owner_pages_show_own_only(cookies, engine: Engine, tenants, prefix) -> None:
     own, other = tenants if prefix == "alpha" else tenants[::-1]
     at = start_app()
     sign_in(at, own.owner.username)
@@ -493,7 +482,7 @@ def test_owner_pages_show_only_own_organization(cookies, engine: Engine, tenants
         assert name in page_text(at), f"{page} page does not show {name!r}"
 
 
-def test_staff_pages_show_both_organizations(cookies, engine: Engine, tenants) -> None:
+def test_staff_pages_show_both(cookies, engine: Engine, tenants) -> None:
     at = start_app()
     test_app_pages.sign_in(at, "root")
     for page, expected in (
