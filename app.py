@@ -35,7 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from streamlit_authenticator.utilities import LoginError
 
 import signup_form
-from gateway_core import email_outbox, login_attempts, signup
+from gateway_core import access, email_outbox, login_attempts, signup
 from gateway_core.access import roles_for
 from gateway_core.config import ConfigError, Settings
 from gateway_core.db import get_engine
@@ -371,13 +371,30 @@ def sign_out(authenticator: stauth.Authenticate) -> None:
         st.session_state.pop(key, None)
 
 
-def render_signed_in(authenticator: stauth.Authenticate, account: User) -> bool:
+def session_organizations(engine: Engine, account: User) -> list[int] | None:
+    """Return the account's organizations, loaded once per sign-in and kept in the session.
+
+    None means installation staff (no organization_members row). Membership
+    changes take effect at the user's next sign-in.
+    """
+    stored = st.session_state.get(SESSION_USER)
+    if stored is not None and stored["username"] == account.username:
+        return stored["organization_ids"]
+    with engine.connect() as conn:
+        organization_ids = access.organization_ids_of(conn, account.username)
+    return None if organization_ids is None else sorted(organization_ids)
+
+
+def render_signed_in(authenticator: stauth.Authenticate, engine: Engine, account: User) -> bool:
     """Show the sidebar and the pages for the account's role, or return False after logout."""
     allowed = [page for page in PAGES if account.role in page.roles]
+    organization_ids = session_organizations(engine, account)
     st.session_state[SESSION_USER] = {
         "username": account.username,
         "display_name": account.display_name,
         "role": account.role,
+        # Read by app_support.current_actor.
+        "organization_ids": organization_ids,
     }
     st.session_state[SESSION_PAGES] = frozenset(page.name for page in allowed)
     if st.session_state.pop(SESSION_COOKIE_PENDING, False):
@@ -446,7 +463,7 @@ def main() -> None:
                 "ending session of %s: account disabled or deleted",
                 st.session_state.get("username"),
             )
-        elif render_signed_in(authenticator, account):
+        elif render_signed_in(authenticator, engine_for(settings.database_url), account):
             return
     sign_out(authenticator)
     session_key = st.session_state.setdefault(SESSION_SIGN_IN_KEY, secrets.token_hex(16))

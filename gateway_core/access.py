@@ -1,11 +1,19 @@
-"""Role permissions for admin actions, and the teams that a team admin may act on.
+"""Role permissions for admin actions, and the organizations and teams a user may act on.
 
 `PERMISSIONS` is the one table of roles per action. Functions in gateway_core
-that change something call `require` or `require_team` before they write, so
-a page that hides a form is not the only guard. Roles are the `users.role`
-values in `directory.ROLES`. A `team_admin` user acts only on the teams where
-their `team_members` row has the team role "admin". Every other role that an
-action allows acts on every team.
+that change something call `require`, `require_organization` or
+`require_team` before they write, so a page that hides a form is not the
+only guard. Roles are the `users.role` values in `directory.ROLES`.
+
+A user with `organization_members` rows is an organization user: every role
+they have applies only inside those organizations, and `Actor.organization_ids`
+lists them. A user with no such row is installation staff, with
+`organization_ids` None, and acts on every organization. Only staff take the
+actions in `INSTALLATION_ACTIONS`, which change the whole installation.
+
+A `team_admin` user acts only on the teams where their `team_members` row
+has the team role "admin". Every other role that an action allows acts on
+every team of the organizations the user may act on.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from sqlalchemy import Connection, select
 
 from gateway_core.directory import ROLES
 from gateway_core.errors import PermissionDeniedError
-from gateway_core.schema import team_members, users
+from gateway_core.schema import api_keys, organization_members, projects, team_members, teams, users
 
 ALL_ROLES = frozenset(ROLES)
 _OWNER_ADMIN = frozenset({"owner", "admin"})
@@ -51,7 +59,13 @@ PERMISSIONS: Mapping[str, frozenset[str]] = MappingProxyType(
         # Sends prompts to upstream models, which costs money.
         "compare.run": _OWNER_ADMIN | {"team_admin", "researcher"},
         "templates.edit": _OWNER_ADMIN | {"team_admin", "researcher"},
+        # Provider accounts and their API keys serve every organization.
+        "providers.manage": _OWNER_ADMIN,
     }
+)
+# Actions that change every organization, so organization users are rejected.
+INSTALLATION_ACTIONS = frozenset(
+    {"organizations.create", "models.manage", "providers.manage", "signup.manage"}
 )
 # Roles whose allowed actions apply only to teams they administer.
 TEAM_SCOPED_ROLES = frozenset({"team_admin"})
@@ -66,6 +80,34 @@ class Actor:
     role: str
     # The browser's address as Streamlit reports it, or None for localhost.
     client_address: str | None = None
+    # The organizations of an organization user, or None for installation staff.
+    organization_ids: frozenset[int] | None = None
+
+    @property
+    def is_staff(self) -> bool:
+        """Whether the user belongs to no organization and so acts on all of them."""
+        return self.organization_ids is None
+
+    def may_see(self, organization_id: int | None) -> bool:
+        """Whether the organization is one this actor may read and change.
+
+        Rows without an organization, such as calls that no key authenticated,
+        are visible to staff only.
+        """
+        if self.organization_ids is None:
+            return True
+        return organization_id is not None and organization_id in self.organization_ids
+
+
+def as_actor(principal: Actor | str) -> Actor:
+    """Return `principal` as an Actor. A bare role is an installation-wide principal.
+
+    The command line and admin API keys pass a role string, and both act on
+    the whole installation.
+    """
+    if isinstance(principal, Actor):
+        return principal
+    return Actor(username=f"role:{principal}", role=principal)
 
 
 def roles_for(action: str) -> frozenset[str]:
@@ -104,7 +146,9 @@ def administered_team_ids(conn: Connection, username: str) -> frozenset[int]:
 
 def require_team(conn: Connection, actor: Actor, team_id: int, action: str) -> None:
     """Raise PermissionDeniedError unless the actor may take `action` on this team."""
-    require(actor.role, action)
+    require_actor(actor, action)
+    if not actor.is_staff:
+        require_organization(actor, organization_of_team(conn, team_id), action)
     if actor.role not in TEAM_SCOPED_ROLES:
         return
     if team_id not in administered_team_ids(conn, actor.username):
@@ -114,3 +158,117 @@ def require_team(conn: Connection, actor: Actor, team_id: int, action: str) -> N
             "on the Users page.",
             code="team_not_administered",
         )
+
+
+def organization_ids_of(conn: Connection, username: str) -> frozenset[int] | None:
+    """Return the user's organizations, or None for a user in none (installation staff)."""
+    rows = conn.execute(
+        select(organization_members.c.organization_id)
+        .join(users, users.c.id == organization_members.c.user_id)
+        .where(users.c.username == username)
+    )
+    ids = frozenset(rows.scalars())
+    return ids or None
+
+
+def load_actor(
+    conn: Connection, username: str, role: str, client_address: str | None = None
+) -> Actor:
+    """Return the Actor of a signed-in user, with the organizations they belong to."""
+    return Actor(username, role, client_address, organization_ids_of(conn, username))
+
+
+def require_actor(actor: Actor, action: str) -> None:
+    """Raise PermissionDeniedError unless the actor's role allows `action`.
+
+    An action in INSTALLATION_ACTIONS also raises it for organization users.
+    """
+    require(actor.role, action)
+    if action in INSTALLATION_ACTIONS and not actor.is_staff:
+        raise PermissionDeniedError(
+            f"user {actor.username!r} belongs to an organization, so may not perform "
+            f"{action!r}, which changes every organization of this installation. "
+            "Ask an installation administrator (a user in no organization).",
+            code="installation_action",
+        )
+
+
+def require_organization(actor: Actor, organization_id: int | None, action: str) -> None:
+    """Raise PermissionDeniedError unless the actor may take `action` in this organization."""
+    require_actor(actor, action)
+    if actor.may_see(organization_id):
+        return
+    target = (
+        "an object of no organization"
+        if organization_id is None
+        else (f"organization {organization_id}")
+    )
+    raise PermissionDeniedError(
+        f"user {actor.username!r} may not perform {action!r} on {target}: they act only "
+        "inside the organizations they are a member of.",
+        code="organization_not_member",
+    )
+
+
+def organization_of_team(conn: Connection, team_id: int) -> int | None:
+    """Return the organization of a team, or None when the team does not exist."""
+    return conn.execute(
+        select(teams.c.organization_id).where(teams.c.id == team_id)
+    ).scalar_one_or_none()
+
+
+def organization_of_project(conn: Connection, project_id: int) -> int | None:
+    """Return the organization of a project, or None when the project does not exist."""
+    return conn.execute(
+        select(teams.c.organization_id)
+        .join(projects, projects.c.team_id == teams.c.id)
+        .where(projects.c.id == project_id)
+    ).scalar_one_or_none()
+
+
+def organization_of_key(conn: Connection, key_id: int) -> int | None:
+    """Return the organization of an API key, or None when the key does not exist."""
+    return conn.execute(
+        select(teams.c.organization_id)
+        .join(api_keys, api_keys.c.team_id == teams.c.id)
+        .where(api_keys.c.id == key_id)
+    ).scalar_one_or_none()
+
+
+def organization_of_scope(conn: Connection, scope_type: str, scope_id: int) -> int | None:
+    """Return the organization of a budget or rate limit scope, or None when it does not exist."""
+    if scope_type == "organization":
+        return scope_id
+    if scope_type == "team":
+        return organization_of_team(conn, scope_id)
+    if scope_type == "project":
+        return organization_of_project(conn, scope_id)
+    if scope_type == "key":
+        return organization_of_key(conn, scope_id)
+    raise ValueError(f"unknown scope type {scope_type!r}")
+
+
+def require_scope(
+    conn: Connection, actor: Actor, scope_type: str, scope_id: int, action: str
+) -> None:
+    """Raise PermissionDeniedError unless the actor may take `action` on the scope's organization.
+
+    A scope that does not exist passes for staff, so the caller's own check
+    reports it as not found.
+    """
+    organization_id = organization_of_scope(conn, scope_type, scope_id)
+    if organization_id is None and actor.is_staff:
+        require_actor(actor, action)
+        return
+    require_organization(actor, organization_id, action)
+
+
+def organization_member_names(conn: Connection, organization_ids: frozenset[int]) -> list[str]:
+    """Return the usernames of the members of these organizations."""
+    rows = conn.execute(
+        select(users.c.username)
+        .join(organization_members, organization_members.c.user_id == users.c.id)
+        .where(organization_members.c.organization_id.in_(organization_ids))
+        .distinct()
+    )
+    return list(rows.scalars())

@@ -196,12 +196,21 @@ def check_range(start: datetime, end: datetime) -> None:
 
 
 def _filters(
-    start: datetime, end: datetime, team_id: int | str | None, time_column: str = "created_at"
+    start: datetime,
+    end: datetime,
+    team_id: int | str | None,
+    organization_ids: frozenset[int] | None = None,
+    time_column: str = "created_at",
 ) -> tuple[str, list[Any]]:
     """Return the WHERE clause, with `?` placeholders, and the values to bind to them."""
     check_range(start, end)
     conditions = [f"e.{time_column} >= ?", f"e.{time_column} < ?"]
     params: list[Any] = [start, end]
+    if organization_ids is not None:
+        # An empty set matches no row. The ids are bound, never formatted into the SQL.
+        placeholders = ", ".join("?" for _ in organization_ids) or "NULL"
+        conditions.append(f"e.organization_id IN ({placeholders})")
+        params.extend(sorted(organization_ids))
     if team_id is not None:
         # A value that does not cast to BIGINT becomes NULL and matches no row,
         # so a malformed filter returns an empty result instead of an error.
@@ -225,6 +234,7 @@ def usage_rows(
     start: datetime,
     end: datetime,
     team_id: int | str | None = None,
+    organization_ids: frozenset[int] | None = None,
     limit: int = DEFAULT_ROW_LIMIT,
 ) -> pd.DataFrame:
     """Return the most recent calls in [start, end), newest first, at most `limit` rows.
@@ -233,7 +243,8 @@ def usage_rows(
     provider, status, prompt_tokens, completion_tokens, cost_usd (Decimal),
     latency_ms, ttft_ms. Team and key are null for calls that no key
     authenticated. `team_id` may be an int or a decimal string such as a query
-    parameter; any other value matches no rows.
+    parameter; any other value matches no rows. `organization_ids`, when not
+    None, keeps only the calls of those organizations, as for an organization user.
     """
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise ValueError(f"limit must be a positive integer, got {limit!r}")
@@ -241,7 +252,7 @@ def usage_rows(
     window = FIRST_WINDOW
     while True:
         window_start = start if window >= end - start else end - window
-        where, params = _filters(window_start, end, team_id)
+        where, params = _filters(window_start, end, team_id, organization_ids)
         frame = to_frame(con.execute(_USAGE_ROWS_SQL.format(where=where), [*params, limit]))
         # DuckDB cannot push ORDER BY ... LIMIT down to Postgres, so a small
         # window at the end of the range is read first. Once it contains
@@ -258,6 +269,7 @@ def usage_over_time(
     end: datetime,
     bucket: str = "hour",
     team_id: int | str | None = None,
+    organization_ids: frozenset[int] | None = None,
 ) -> pd.DataFrame:
     """Return requests and cost per UTC time bucket per team for calls in [start, end).
 
@@ -265,15 +277,15 @@ def usage_over_time(
     cost_usd (Decimal). Every call counts as a request, whatever its status.
     Buckets without calls are absent, not zero rows. When start and end
     begin buckets, the sums come from usage_hourly or usage_daily, and
-    otherwise from the calls themselves.
+    otherwise from the calls themselves. `organization_ids` filters as in usage_rows.
     """
     if bucket not in _BUCKET_SQL:
         raise ValueError(f"bucket must be one of {', '.join(BUCKETS)}, got {bucket!r}")
     if _starts_bucket(start, bucket) and _starts_bucket(end, bucket):
-        where, params = _filters(start, end, team_id, time_column="bucket_start")
+        where, params = _filters(start, end, team_id, organization_ids, time_column="bucket_start")
         sql = _ROLLUP_OVER_TIME_SQL.format(table=_ROLLUP_TABLES[bucket], where=where)
         return to_frame(con.execute(sql, params))
-    where, params = _filters(start, end, team_id)
+    where, params = _filters(start, end, team_id, organization_ids)
     sql = _USAGE_OVER_TIME_SQL.format(bucket=_BUCKET_SQL[bucket], where=where)
     return to_frame(con.execute(sql, params))
 

@@ -18,6 +18,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from gateway_core import access
+from gateway_core.access import Actor
 from gateway_core.errors import InvalidRequestError, NotFoundError
 from gateway_core.schema import (
     comparison_cells,
@@ -176,15 +178,31 @@ class RunStore:
             checks=tuple(run.checks),
         )
 
-    def load_run(self, run_id: int) -> RunRecord:
-        runs = self._runs(comparison_runs.c.id == run_id, limit=1)
+    def load_run(self, run_id: int, actor: Actor | None = None) -> RunRecord:
+        """Return one run; with an `actor`, only a run that `list_runs` would show them."""
+        condition = comparison_runs.c.id == run_id
+        visible = self._visible_to(actor)
+        if visible is not None:
+            condition = and_(condition, visible)
+        runs = self._runs(condition, limit=1)
         if not runs:
             raise NotFoundError(f"comparison run {run_id} not found")
         return runs[0]
 
-    def list_runs(self, limit: int = 50) -> list[RunRecord]:
-        """Return the newest runs first."""
-        return self._runs(None, limit=limit)
+    def list_runs(self, limit: int = 50, actor: Actor | None = None) -> list[RunRecord]:
+        """Return the newest runs first.
+
+        Runs carry no organization, so an organization user sees the runs
+        that members of their organizations started.
+        """
+        return self._runs(self._visible_to(actor), limit=limit)
+
+    def _visible_to(self, actor: Actor | None) -> Any:
+        if actor is None or actor.organization_ids is None:
+            return None
+        with self.engine.connect() as conn:
+            members = access.organization_member_names(conn, actor.organization_ids)
+        return comparison_runs.c.created_by.in_(members)
 
     def _runs(self, condition: Any, limit: int) -> list[RunRecord]:
         prompt_count = (

@@ -26,6 +26,8 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
+from gateway_core import access
+from gateway_core.access import Actor
 from gateway_core.csv_cells import spool_to_file, text_cell
 from gateway_core.errors import InvalidRequestError
 from gateway_core.rollups import split_by_table
@@ -111,6 +113,15 @@ class ExplorerFilters:
                 f"model search is longer than {MAX_MODEL_SEARCH_LENGTH} characters",
                 param="model",
             )
+
+
+def require_filters(actor: Actor, filters: ExplorerFilters) -> None:
+    """Raise PermissionDeniedError unless the actor may read the filters' organization.
+
+    Filters without an organization cover every organization, so only
+    installation staff may use them.
+    """
+    access.require_organization(actor, filters.organization_id, "usage.read")
 
 
 def check_status(status: str) -> str:

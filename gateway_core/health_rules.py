@@ -16,7 +16,12 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 
 from gateway_core import access, audit
 from gateway_core.errors import InvalidRequestError, NotFoundError
-from gateway_core.schema import HEALTH_RULE_KINDS, health_alert_rules, organizations
+from gateway_core.schema import (
+    HEALTH_RULE_KINDS,
+    health_alert_rules,
+    health_incidents,
+    organizations,
+)
 
 KIND_LABELS = {
     "error_rate": "Error rate (share of calls with status 5xx)",
@@ -96,6 +101,23 @@ def list_rules(conn: Connection, *, enabled_only: bool = False) -> list[HealthRu
     return [HealthRule(**row._mapping) for row in rows]
 
 
+def visible_rules(conn: Connection, actor: access.Actor) -> list[HealthRule]:
+    """Return the rules of the organizations the actor may see."""
+    access.require(actor.role, "alerts.manage")
+    return [rule for rule in list_rules(conn) if actor.may_see(rule.organization_id)]
+
+
+def recent_incidents(conn: Connection, actor: access.Actor, limit: int) -> list[dict[str, Any]]:
+    """Return the newest incidents of the rules in the actor's organizations, newest first."""
+    access.require(actor.role, "alerts.manage")
+    query = select(health_incidents).order_by(health_incidents.c.id.desc()).limit(limit)
+    if not actor.is_staff:
+        query = query.join(
+            health_alert_rules, health_alert_rules.c.id == health_incidents.c.rule_id
+        ).where(health_alert_rules.c.organization_id.in_(actor.organization_ids or ()))
+    return [dict(row) for row in conn.execute(query).mappings()]
+
+
 def get_rule(conn: Connection, rule_id: int) -> HealthRule:
     for rule in list_rules(conn):
         if rule.id == rule_id:
@@ -118,8 +140,14 @@ def save_rule(
     cooldown_seconds: int,
     enabled: bool = True,
 ) -> int:
-    """Check the actor's role and the fields, then create or change a rule. Return its id."""
-    access.require(actor.role, "alerts.manage")
+    """Check the actor's role, organization and the fields, then create or change a rule.
+
+    Returns the rule's id. Changing a rule needs access to both its current
+    organization and `organization_id`.
+    """
+    access.require_organization(actor, organization_id, "alerts.manage")
+    if rule_id is not None:
+        access.require_organization(actor, get_rule(conn, rule_id).organization_id, "alerts.manage")
     provider = (provider or "").strip() or None
     check_rule(
         name=name,
@@ -162,12 +190,17 @@ def save_rule(
 
 
 def delete_rule(conn: Connection, actor: access.Actor, rule_id: int) -> bool:
-    """Check the actor's role and delete a rule with its incidents; False if already gone."""
+    """Check the actor's role and organization, and delete a rule with its incidents.
+
+    Returns False when the rule was already gone.
+    """
     access.require(actor.role, "alerts.manage")
     try:
-        before = asdict(get_rule(conn, rule_id))
+        rule = get_rule(conn, rule_id)
     except NotFoundError:
         return False
+    access.require_organization(actor, rule.organization_id, "alerts.manage")
+    before = asdict(rule)
     conn.execute(delete(health_alert_rules).where(health_alert_rules.c.id == rule_id))
     _record(conn, actor, "health_rule.delete", rule_id, before, None)
     return True

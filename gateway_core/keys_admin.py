@@ -1,6 +1,6 @@
 """Organizations, teams and API keys as the admin app changes them: role-checked and audited.
 
-Each function checks the actor's permission with gateway_core.access before
+Each function checks the actor's role and organizations with gateway_core.access before
 it writes, then appends an audit entry in the caller's transaction, so the
 entry commits or rolls back with the change. Audit entries show a key by
 its prefix and last four characters, never the key or its hash.
@@ -16,7 +16,7 @@ from sqlalchemy import Connection, select
 
 from gateway_core import access, audit, directory, keys, provisioning
 from gateway_core.access import Actor
-from gateway_core.errors import NotFoundError
+from gateway_core.errors import InvalidRequestError, NotFoundError
 from gateway_core.schema import api_keys, organizations
 
 
@@ -44,7 +44,7 @@ def _record(
 def visible_teams(conn: Connection, actor: Actor) -> list[directory.Team]:
     """Return the teams whose keys the actor may manage, by name."""
     access.require(actor.role, "keys.create")
-    all_teams = directory.list_teams(conn)
+    all_teams = [team for team in directory.list_teams(conn) if actor.may_see(team.organization_id)]
     if actor.role not in access.TEAM_SCOPED_ROLES:
         return all_teams
     administered = access.administered_team_ids(conn, actor.username)
@@ -66,7 +66,7 @@ def create_organization(
     days, and makes the organization credit-metered (see
     provisioning.create_organization).
     """
-    access.require(actor.role, "organizations.create")
+    access.require_actor(actor, "organizations.create")
     organization_id = provisioning.create_organization(
         conn,
         name,
@@ -85,8 +85,16 @@ def create_organization(
 def create_team(
     conn: Connection, actor: Actor, name: str, organization_id: int | None = None
 ) -> directory.Team:
-    """Create a team in an organization, by default the Default organization."""
-    access.require(actor.role, "teams.create")
+    """Create a team in an organization, by default the Default organization.
+
+    An organization user must name one of their organizations.
+    """
+    if organization_id is None and not actor.is_staff:
+        raise InvalidRequestError(
+            "organization_id is required: pick one of your organizations",
+            param="organization_id",
+        )
+    access.require_organization(actor, organization_id, "teams.create")
     if organization_id is None:
         team = directory.create_team(conn, name)
     else:

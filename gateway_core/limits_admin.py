@@ -18,7 +18,8 @@ from sqlalchemy import Connection, DateTime, Row, Select, bindparam, delete, fun
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.sql.elements import ColumnElement
 
-from gateway_core import alerts, budgets, directory
+from gateway_core import access, alerts, budgets, directory
+from gateway_core.access import Actor
 from gateway_core.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from gateway_core.schema import (
     SCOPE_TYPES,
@@ -29,6 +30,7 @@ from gateway_core.schema import (
     teams,
     usage_events,
 )
+from gateway_core.schema import budgets as budget_table
 
 # NOTE: team_admin users may not manage budgets even for their own teams,
 # because the users table does not record which teams a user administers.
@@ -99,6 +101,19 @@ def require_budget_manager(role: str) -> None:
         )
 
 
+def require_scope_manager(
+    conn: Connection, principal: Actor | str, scope_type: str, scope_id: int
+) -> None:
+    """Raise PermissionDeniedError unless the principal may change this scope's budgets and limits.
+
+    A bare role string is an installation-wide principal (see access.as_actor).
+    """
+    actor = access.as_actor(principal)
+    require_budget_manager(actor.role)
+    budgets.check_scope(scope_type)
+    access.require_scope(conn, actor, scope_type, scope_id, "budgets.manage")
+
+
 # Scopes
 
 
@@ -159,15 +174,17 @@ def _scopes_from(scope_type: str, rows: Iterable[Row]) -> list[Scope]:
     return scopes
 
 
-def list_scopes(conn: Connection) -> list[Scope]:
-    """List every scope by type, then by name.
+def list_scopes(conn: Connection, actor: Actor | None = None) -> list[Scope]:
+    """List every scope by type, then by name, or only those of the actor's organizations.
 
-    With more than one organization, the names of teams, projects and keys
-    start with their organization's name.
+    With more than one organization listed, the names of teams, projects and
+    keys start with their organization's name.
     """
     scopes = []
     for scope_type in SCOPE_TYPES:
         scopes += _scopes_from(scope_type, conn.execute(_scope_query(scope_type)))
+    if actor is not None:
+        scopes = [scope for scope in scopes if actor.may_see(scope.organization_id)]
     if len({scope.organization_id for scope in scopes}) > 1:
         scopes = [
             scope
@@ -267,7 +284,7 @@ def format_thresholds(thresholds: Iterable[Decimal]) -> str:
 
 def save_budget(
     conn: Connection,
-    role: str,
+    role: Actor | str,
     *,
     scope_type: str,
     scope_id: int,
@@ -278,10 +295,12 @@ def save_budget(
 ) -> int:
     """Check the role, the limit and that the scope exists, then create or change the budget.
 
-    `limit_usd` may be text typed by a person, parsed by `parse_limit_usd`.
-    Returns the budget's id.
+    `role` is an Actor, whose organizations must include the scope's, or
+    the bare role of an installation-wide principal. `limit_usd` may be text
+    typed by a person, parsed by `parse_limit_usd`. Returns the budget's id.
     """
-    require_budget_manager(role)
+    budgets.check_scope(scope_type)
+    require_scope_manager(conn, role, scope_type, scope_id)
     if isinstance(limit_usd, str):
         limit = parse_limit_usd(limit_usd)
     elif isinstance(limit_usd, Decimal):
@@ -304,9 +323,20 @@ def save_budget(
     )
 
 
-def delete_budget(conn: Connection, role: str, budget_id: int) -> bool:
-    """Check the role and remove the budget. Return False when it was already gone."""
-    require_budget_manager(role)
+def delete_budget(conn: Connection, role: Actor | str, budget_id: int) -> bool:
+    """Check the role and the budget's organization, then remove the budget.
+
+    Returns False when it was already gone.
+    """
+    require_budget_manager(access.as_actor(role).role)
+    scope = conn.execute(
+        select(budget_table.c.scope_type, budget_table.c.scope_id).where(
+            budget_table.c.id == budget_id
+        )
+    ).first()
+    if scope is None:
+        return False
+    require_scope_manager(conn, role, scope.scope_type, scope.scope_id)
     return budgets.remove_budget(conn, budget_id)
 
 
@@ -341,7 +371,7 @@ def parse_rate_limit(text: str, field: str) -> int | None:
 
 def set_rate_limits(
     conn: Connection,
-    role: str,
+    role: Actor | str,
     *,
     scope_type: str,
     scope_id: int,
@@ -356,8 +386,8 @@ def set_rate_limits(
     and None is returned. Otherwise returns the stored row. The proxy picks
     up a change when it next reloads the table.
     """
-    require_budget_manager(role)
     budgets.check_scope(scope_type)
+    require_scope_manager(conn, role, scope_type, scope_id)
     values = {
         "requests_per_minute": check_rate_limit(requests_per_minute, "requests_per_minute"),
         "tokens_per_minute": check_rate_limit(tokens_per_minute, "tokens_per_minute"),
@@ -379,11 +409,33 @@ def set_rate_limits(
     return RateLimits(**row._mapping)
 
 
-def list_rate_limits(conn: Connection) -> list[RateLimits]:
+def list_rate_limits(conn: Connection, actor: Actor | None = None) -> list[RateLimits]:
+    """Return every scope's rate limits, or only those in the actor's organizations."""
     rows = conn.execute(
         select(rate_limits).order_by(rate_limits.c.scope_type, rate_limits.c.scope_id)
     )
-    return [RateLimits(**row._mapping) for row in rows]
+    limits = [RateLimits(**row._mapping) for row in rows]
+    if actor is None or actor.is_staff:
+        return limits
+    visible = {(scope.scope_type, scope.scope_id) for scope in list_scopes(conn, actor)}
+    return [row for row in limits if (row.scope_type, row.scope_id) in visible]
+
+
+def list_budgets(conn: Connection, actor: Actor) -> list[budgets.Budget]:
+    """Return the budgets of every scope the actor may see."""
+    all_budgets = budgets.list_budgets(conn)
+    if actor.is_staff:
+        return all_budgets
+    visible = {(scope.scope_type, scope.scope_id) for scope in list_scopes(conn, actor)}
+    return [budget for budget in all_budgets if (budget.scope_type, budget.scope_id) in visible]
+
+
+def list_alert_channels(
+    conn: Connection, actor: Actor, organization_id: int
+) -> list[alerts.AlertChannel]:
+    """Return an organization's alert channels, if the actor may see the organization."""
+    access.require_organization(actor, organization_id, "usage.read")
+    return alerts.list_channels(conn, organization_id)
 
 
 # Alert channels and projects
@@ -391,7 +443,7 @@ def list_rate_limits(conn: Connection) -> list[RateLimits]:
 
 def add_alert_channel(
     conn: Connection,
-    role: str,
+    role: Actor | str,
     settings_secret: bytes,
     *,
     organization_id: int,
@@ -399,22 +451,29 @@ def add_alert_channel(
     target: str,
     secret: str | None = None,
 ) -> int:
-    """Check the role and store an email or webhook alert channel. Return its id."""
-    require_budget_manager(role)
+    """Check the role and organization, and store an email or webhook alert channel.
+
+    Returns the channel's id.
+    """
+    require_scope_manager(conn, role, "organization", organization_id)
     return alerts.add_channel(conn, settings_secret, organization_id, kind, target, secret)
 
 
 def add_project(
     conn: Connection,
-    role: str,
+    role: Actor | str,
     *,
     team_id: int,
     name: str,
     principal_investigator: str = "",
     cost_centre: str = "",
 ) -> directory.Project:
-    """Check the role and create a project under a team. Blank optional fields store NULL."""
-    require_budget_manager(role)
+    """Check the role and the team's organization, and create a project under the team.
+
+    Blank optional fields store NULL.
+    """
+    require_budget_manager(access.as_actor(role).role)
+    require_scope_manager(conn, role, "team", team_id)
     team = conn.execute(select(teams.c.id).where(teams.c.id == team_id)).first()
     if team is None:
         raise NotFoundError(f"team {team_id} not found")

@@ -19,7 +19,7 @@ from decimal import Decimal
 
 from sqlalchemy import Connection, select
 
-from gateway_core import model_routes
+from gateway_core import access, model_routes
 from gateway_core.catalog import Catalog, ModelEntry, ModelPrices
 from gateway_core.errors import InvalidRequestError, PermissionDeniedError
 from gateway_core.schema import model_price_overrides
@@ -73,16 +73,23 @@ class ModelListing:
         return self.override is None and self.entry is not None and self.entry.price_is_estimate
 
 
-def can_manage_models(role: str) -> bool:
-    """Return whether the role may change price overrides, aliases and fallbacks."""
-    return role in MANAGER_ROLES
+def can_manage_models(role: access.Actor | str) -> bool:
+    """Return whether the principal may change price overrides, aliases and fallbacks.
+
+    Prices and routes apply to every organization, so organization users may not.
+    A bare role string is an installation-wide principal (see access.as_actor).
+    """
+    actor = access.as_actor(role)
+    return actor.role in MANAGER_ROLES and actor.is_staff
 
 
-def require_manager(role: str) -> None:
-    if not can_manage_models(role):
+def require_manager(role: access.Actor | str) -> None:
+    actor = access.as_actor(role)
+    if actor.role not in MANAGER_ROLES:
         raise PermissionDeniedError(
-            f"only owners and admins can change model prices and routes, not role {role!r}"
+            f"only owners and admins can change model prices and routes, not role {actor.role!r}"
         )
+    access.require_actor(actor, "models.manage")
 
 
 def load_price_overrides(conn: Connection) -> dict[str, PriceOverride]:
@@ -214,7 +221,7 @@ def check_storable_price(price: Decimal | None, field: str) -> None:
 
 def save_price_override(
     conn: Connection,
-    role: str,
+    role: access.Actor | str,
     actor: str,
     model_id: str,
     prices: Mapping[str, str],
@@ -240,12 +247,14 @@ def save_price_override(
     model_routes.set_price_override(conn, model_id, dict(cleaned), actor=actor)
 
 
-def delete_price_override(conn: Connection, role: str, model_id: str) -> bool:
+def delete_price_override(conn: Connection, role: access.Actor | str, model_id: str) -> bool:
     require_manager(role)
     return model_routes.remove_price_override(conn, model_id)
 
 
-def save_alias(conn: Connection, role: str, actor: str, alias: str, target: str) -> None:
+def save_alias(
+    conn: Connection, role: access.Actor | str, actor: str, alias: str, target: str
+) -> None:
     require_manager(role)
     model_routes.set_alias(conn, alias.strip(), target, actor=actor)
 
@@ -271,7 +280,9 @@ def parse_fallback_list(model: str, text: str) -> list[str]:
     return fallbacks
 
 
-def save_fallbacks(conn: Connection, role: str, actor: str, model: str, text: str) -> list[str]:
+def save_fallbacks(
+    conn: Connection, role: access.Actor | str, actor: str, model: str, text: str
+) -> list[str]:
     """Check the role, parse the typed list and store it as the model's fallbacks."""
     require_manager(role)
     fallbacks = parse_fallback_list(model, text)
@@ -279,6 +290,6 @@ def save_fallbacks(conn: Connection, role: str, actor: str, model: str, text: st
     return fallbacks
 
 
-def delete_route(conn: Connection, role: str, name: str) -> bool:
+def delete_route(conn: Connection, role: access.Actor | str, name: str) -> bool:
     require_manager(role)
     return model_routes.remove_route(conn, name)

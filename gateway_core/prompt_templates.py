@@ -26,6 +26,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection
 
+from gateway_core import access
 from gateway_core.errors import InvalidRequestError, NotFoundError
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -261,8 +262,15 @@ def create_version(
     content: Any,
     description: str | None = None,
     created_by: str | None = None,
+    actor: access.Actor | None = None,
 ) -> PromptTemplate:
-    """Insert the next version of a template. Call it inside a transaction."""
+    """Insert the next version of a template. Call it inside a transaction.
+
+    With an `actor`, raises PermissionDeniedError unless they may edit
+    templates in this organization.
+    """
+    if actor is not None:
+        access.require_organization(actor, organization_id, "templates.edit")
     params = version_parameters(organization_id, name, content, description, created_by)
     conn.exec_driver_sql(LOCK_NAME, params)
     return template_from_row(conn.exec_driver_sql(INSERT_VERSION, params).one())

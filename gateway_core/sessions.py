@@ -25,6 +25,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection
 
+from gateway_core import access
 from gateway_core.errors import InvalidRequestError, NotFoundError
 
 SESSION_ID = re.compile(r"^sess_[0-9a-f]{32}$")
@@ -102,6 +103,8 @@ SELECT_TOTALS = (
     "WHERE (%(pattern)s::text IS NULL OR s.title ILIKE %(pattern)s OR s.id = %(query)s "
     "OR EXISTS (SELECT 1 FROM chat_session_messages m "
     "WHERE m.session_id = s.id AND m.content_text ILIKE %(pattern)s)) "
+    # NULL lists every organization, for installation staff.
+    "AND (%(organization_ids)s::bigint[] IS NULL OR s.organization_id = ANY(%(organization_ids)s)) "
     "GROUP BY s.id, o.name ORDER BY s.updated_at DESC, s.id LIMIT %(limit)s"
 )
 
@@ -435,14 +438,33 @@ def append_messages(
 
 
 def session_totals(
-    conn: Connection, query: str | None = None, limit: int = 200
+    conn: Connection,
+    query: str | None = None,
+    limit: int = 200,
+    actor: access.Actor | None = None,
 ) -> list[SessionTotals]:
-    """Return sessions of every organization, most recently updated first, with usage sums."""
-    params = {"pattern": like_pattern(query), "query": query, "limit": limit}
+    """Return sessions, most recently updated first, with usage sums.
+
+    Without an `actor`, or for installation staff, every organization's
+    sessions are listed, and otherwise only those of the actor's organizations.
+    """
+    organization_ids = None
+    if actor is not None and actor.organization_ids is not None:
+        organization_ids = sorted(actor.organization_ids)
+    params = {
+        "pattern": like_pattern(query),
+        "query": query,
+        "limit": limit,
+        "organization_ids": organization_ids,
+    }
     return [SessionTotals(*row) for row in conn.exec_driver_sql(SELECT_TOTALS, params)]
 
 
-def organization_names(conn: Connection) -> dict[int, str]:
-    """Return every organization's name by id, ordered by name."""
+def organization_names(conn: Connection, actor: access.Actor | None = None) -> dict[int, str]:
+    """Return the names of every organization, or of the actor's, by id, ordered by name."""
     rows = conn.exec_driver_sql("SELECT id, name FROM organizations ORDER BY name, id")
-    return {organization_id: name for organization_id, name in rows}
+    return {
+        organization_id: name
+        for organization_id, name in rows
+        if actor is None or actor.may_see(organization_id)
+    }

@@ -7,9 +7,9 @@ create live keys only after its first paid top-up or an admin's approval,
 which `billing_accounts.live_keys_allowed` records. Organizations created
 by an operator have no `billing_accounts` row and may create live keys.
 
-Admins switch sign-up on and off in `self_service_settings`. It is off in a
-new installation, because a signed-up owner has the app-wide `owner` role
-(see the NOTE in `sign_up`).
+Installation staff switch sign-up on and off in `self_service_settings`. It
+is off in a new installation. A signed-up owner is a member of their new
+organization only, so gateway_core.access limits them to it.
 """
 
 from __future__ import annotations
@@ -225,10 +225,8 @@ def sign_up(
     organization_id = conn.execute(
         insert(organizations).values(name=org_name).returning(organizations.c.id)
     ).scalar_one()
-    # NOTE: users.role is one role across the whole app, and the app's pages
-    # other than Billing do not filter by organization_members yet, so this
-    # owner can see other organizations there. Keep sign-up switched off on
-    # a shared installation until they do.
+    # The organization_members row makes this owner an organization user,
+    # limited to this organization (see gateway_core.access).
     user_id = directory.create_user(
         conn, username=email, password=password, role="owner", display_name=email, email=email
     )
@@ -348,7 +346,7 @@ def approve_live_keys(conn: Connection, actor: Actor, organization_id: int) -> b
 
     Returns False, writing nothing, when live keys were already allowed.
     """
-    access.require(actor.role, "signup.manage")
+    access.require_actor(actor, "signup.manage")
     if not ledger.account_exists(conn, "organization", organization_id):
         raise NotFoundError(f"organization {organization_id} not found")
     if live_keys_allowed(conn, organization_id):
@@ -404,7 +402,7 @@ def set_signup_enabled(conn: Connection, actor: Actor, enabled: bool) -> bool:
 
     Returns False, writing nothing, when sign-up is already in that state.
     """
-    access.require(actor.role, "signup.manage")
+    access.require_actor(actor, "signup.manage")
     current = get_settings(conn)
     if current.signup_enabled == enabled:
         return False

@@ -23,7 +23,8 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from gateway_core import latency_histogram
+from gateway_core import access, latency_histogram
+from gateway_core.access import Actor
 from gateway_core.analytics import to_frame
 from gateway_core.errors import InvalidRequestError
 from gateway_core.rollups import rollup_source
@@ -103,11 +104,17 @@ class OrganizationNames:
     models: tuple[str, ...]
 
 
-def list_organizations(con: duckdb.DuckDBPyConnection) -> list[Organization]:
+def list_organizations(
+    con: duckdb.DuckDBPyConnection, actor: Actor | None = None
+) -> list[Organization]:
+    """Return every organization by name, or only those the actor may see."""
     rows = con.execute(
         "SELECT id, name, timezone FROM pg.public.organizations ORDER BY name, id"
     ).fetchall()
-    return [Organization(*row) for row in rows]
+    listed = [Organization(*row) for row in rows]
+    if actor is None:
+        return listed
+    return [organization for organization in listed if actor.may_see(organization.id)]
 
 
 def key_label(name: str | None, prefix: str | None, last4: str | None) -> str:
@@ -432,8 +439,15 @@ def _model_latency_estimates(
     )
 
 
-def organization_names(con: duckdb.DuckDBPyConnection, organization_id: int) -> OrganizationNames:
-    """Return the names that filters and tables of one organization show in place of ids."""
+def organization_names(
+    con: duckdb.DuckDBPyConnection, organization_id: int, actor: Actor | None = None
+) -> OrganizationNames:
+    """Return the names that filters and tables of one organization show in place of ids.
+
+    With an `actor`, raises PermissionDeniedError unless the actor may see the organization.
+    """
+    if actor is not None:
+        access.require_organization(actor, organization_id, "usage.read")
     team_rows = con.execute(
         "SELECT id, name FROM pg.public.teams WHERE organization_id = ? ORDER BY name, id",
         [organization_id],

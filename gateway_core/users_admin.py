@@ -7,6 +7,10 @@ grant the owner role or act on an owner's account, and the last enabled
 owner can be neither disabled nor given another role, so an organization
 always keeps someone who can manage users.
 
+An organization user manages only the members of their organizations, and
+the users they invite become members of one of them. Users in no
+organization are installation staff, and only staff manage them.
+
 NOTE: a user who signs in with a temporary password is not asked to change
 it, because the app has no page for changing one's own password yet.
 """
@@ -22,11 +26,11 @@ from typing import Any
 from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from gateway_core import audit, notifications
+from gateway_core import access, audit, notifications
 from gateway_core.access import TEAM_ROLES, Actor, require
 from gateway_core.directory import ROLES, hash_password
 from gateway_core.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
-from gateway_core.schema import team_members, teams, users
+from gateway_core.schema import organization_members, organizations, team_members, teams, users
 
 # secrets.token_urlsafe(12) returns 16 characters carrying 96 random bits.
 TEMPORARY_PASSWORD_BYTES = 12
@@ -74,6 +78,32 @@ def _account(conn: Connection, user_id: int, *, lock: bool = False) -> dict[str,
     if row is None:
         raise NotFoundError(f"no user with id {user_id}")
     return dict(zip(AUDITED_FIELDS, row, strict=True))
+
+
+def _user_organizations(conn: Connection, user_id: int) -> frozenset[int]:
+    rows = conn.execute(
+        select(organization_members.c.organization_id).where(
+            organization_members.c.user_id == user_id
+        )
+    )
+    return frozenset(rows.scalars())
+
+
+def _require_user_in_scope(conn: Connection, actor: Actor, user_id: int, action: str) -> None:
+    """Raise PermissionDeniedError unless the actor may manage this user.
+
+    An organization user may manage a user who is a member of one of their
+    organizations, and never a staff user (one in no organization).
+    """
+    if actor.is_staff:
+        return
+    shared = _user_organizations(conn, user_id) & (actor.organization_ids or frozenset())
+    if not shared:
+        raise PermissionDeniedError(
+            f"user {actor.username!r} may not perform {action!r} on user {user_id}, who is "
+            "not a member of their organizations.",
+            code="organization_not_member",
+        )
 
 
 def _require_owner_for(actor: Actor, account: dict[str, Any], what: str) -> None:
@@ -148,14 +178,40 @@ def check_new_user(username: str, email: str, role: str, display_name: str) -> N
 
 
 def invite_user(
-    conn: Connection, actor: Actor, username: str, email: str, role: str, display_name: str
+    conn: Connection,
+    actor: Actor,
+    username: str,
+    email: str,
+    role: str,
+    display_name: str,
+    *,
+    organization_id: int | None = None,
 ) -> str:
     """Create an enabled user and return their temporary password, stored only as a bcrypt hash.
 
-    Usernames are unique ignoring case, because streamlit-authenticator
-    lowercases the name a user signs in with.
+    With `organization_id` the user becomes a member of that organization.
+    An organization user must invite into one of their organizations, which
+    is the default when they have only one. Without it a staff actor creates
+    another staff user. Usernames are unique ignoring case, because
+    streamlit-authenticator lowercases the name a user signs in with.
     """
     require(actor.role, "users.manage")
+    if organization_id is None and actor.organization_ids is not None:
+        if len(actor.organization_ids) != 1:
+            raise InvalidRequestError(
+                "organization_id is required: pick the organization to invite the user into",
+                param="organization_id",
+            )
+        (organization_id,) = actor.organization_ids
+    if organization_id is not None:
+        access.require_organization(actor, organization_id, "users.manage")
+        exists = conn.execute(
+            select(organizations.c.id).where(organizations.c.id == organization_id)
+        ).first()
+        if exists is None:
+            raise NotFoundError(
+                f"organization {organization_id} not found", param="organization_id"
+            )
     username, email, display_name = username.strip(), email.strip(), display_name.strip()
     check_new_user(username, email, role, display_name)
     if role == "owner" and actor.role != "owner":
@@ -176,7 +232,12 @@ def invite_user(
     user_id = conn.execute(
         insert(users).values(password_hash=hash_password(password), **account).returning(users.c.id)
     ).scalar_one()
-    _record(conn, actor, "users.invite", user_id, None, account)
+    if organization_id is not None:
+        conn.execute(
+            insert(organization_members).values(organization_id=organization_id, user_id=user_id)
+        )
+    after = account if organization_id is None else {**account, "organization_id": organization_id}
+    _record(conn, actor, "users.invite", user_id, None, after)
     notifications.invitation(
         conn, user_id=user_id, username=username, email=email, role=role, inviter=actor.username
     )
@@ -186,6 +247,7 @@ def invite_user(
 def reset_password(conn: Connection, actor: Actor, user_id: int) -> str:
     """Give the user a new temporary password and return it. The old password stops working."""
     require(actor.role, "users.manage")
+    _require_user_in_scope(conn, actor, user_id, "users.manage")
     account = _account(conn, user_id, lock=True)
     _require_owner_for(actor, account, "reset the password of")
     password = _temporary_password()
@@ -203,6 +265,7 @@ def set_disabled(conn: Connection, actor: Actor, user_id: int, disabled: bool) -
     of accounts, which it caches for up to 30 seconds.
     """
     require(actor.role, "users.manage")
+    _require_user_in_scope(conn, actor, user_id, "users.manage")
     account = _account(conn, user_id, lock=True)
     _require_owner_for(actor, account, "disable or enable")
     if account["disabled"] == disabled:
@@ -224,6 +287,7 @@ def change_role(conn: Connection, actor: Actor, user_id: int, role: str) -> bool
         raise InvalidRequestError(
             f"invalid role {role!r}, expected one of {', '.join(ROLES)}", param="role"
         )
+    _require_user_in_scope(conn, actor, user_id, "users.manage")
     account = _account(conn, user_id, lock=True)
     _require_owner_for(actor, account, "change the role of")
     if role == "owner" and actor.role != "owner":
@@ -253,6 +317,11 @@ def set_team_membership(
     team_name = conn.execute(select(teams.c.name).where(teams.c.id == team_id)).scalar_one_or_none()
     if team_name is None:
         raise NotFoundError(f"no team with id {team_id}")
+    if not actor.is_staff:
+        _require_user_in_scope(conn, actor, user_id, "teams.members")
+        access.require_organization(
+            actor, access.organization_of_team(conn, team_id), "teams.members"
+        )
     before = conn.execute(
         select(team_members.c.role).where(
             team_members.c.user_id == user_id, team_members.c.team_id == team_id
@@ -287,8 +356,9 @@ def set_team_membership(
     return True
 
 
-def list_memberships(conn: Connection) -> list[TeamMembership]:
-    rows = conn.execute(
+def list_memberships(conn: Connection, actor: Actor | None = None) -> list[TeamMembership]:
+    """Return team memberships, or only those of teams in the actor's organizations."""
+    query = (
         select(
             team_members.c.user_id,
             users.c.username,
@@ -300,19 +370,25 @@ def list_memberships(conn: Connection) -> list[TeamMembership]:
         .join(teams, teams.c.id == team_members.c.team_id)
         .order_by(users.c.username, teams.c.name)
     )
-    return [TeamMembership(*row) for row in rows]
+    if actor is not None and actor.organization_ids is not None:
+        query = query.where(teams.c.organization_id.in_(actor.organization_ids))
+    return [TeamMembership(*row) for row in conn.execute(query)]
 
 
-def list_accounts(conn: Connection) -> list[Account]:
-    rows = conn.execute(
-        select(
-            users.c.id,
-            users.c.username,
-            users.c.display_name,
-            users.c.email,
-            users.c.role,
-            users.c.disabled,
-            users.c.created_at,
-        ).order_by(users.c.username)
-    )
-    return [Account(*row) for row in rows]
+def list_accounts(conn: Connection, actor: Actor | None = None) -> list[Account]:
+    """Return every user, or only the members of the actor's organizations."""
+    query = select(
+        users.c.id,
+        users.c.username,
+        users.c.display_name,
+        users.c.email,
+        users.c.role,
+        users.c.disabled,
+        users.c.created_at,
+    ).order_by(users.c.username)
+    if actor is not None and actor.organization_ids is not None:
+        members = select(organization_members.c.user_id).where(
+            organization_members.c.organization_id.in_(actor.organization_ids)
+        )
+        query = query.where(users.c.id.in_(members))
+    return [Account(*row) for row in conn.execute(query)]

@@ -16,7 +16,9 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import Engine
 
+from app_support import current_actor
 from gateway_core import audit_search
+from gateway_core.access import Actor
 from gateway_core.audit_search import AuditFilters
 from gateway_core.config import Settings
 from gateway_core.csv_cells import spool_to_file
@@ -60,7 +62,7 @@ def choose(label: str, options: list[str], key: str) -> str | None:
     return st.selectbox(label, [None, *options], format_func=lambda value: value or "All", key=key)
 
 
-def filter_widgets(engine: Engine, role: str) -> AuditFilters:
+def filter_widgets(engine: Engine, role: Actor) -> AuditFilters:
     today = datetime.now(UTC).date()
     with engine.connect() as conn:
         choices = {
@@ -98,7 +100,7 @@ def json_text(value: object) -> str:
     return "" if value is None else json.dumps(value, sort_keys=True)
 
 
-def render_entries(engine: Engine, role: str, filters: AuditFilters) -> None:
+def render_entries(engine: Engine, role: Actor, filters: AuditFilters) -> None:
     with engine.connect() as conn:
         entries = audit_search.search(conn, role, filters, limit=TABLE_LIMIT + 1)
     if not entries:
@@ -119,7 +121,7 @@ def render_entries(engine: Engine, role: str, filters: AuditFilters) -> None:
     )
 
 
-def render_export(engine: Engine, role: str, filters: AuditFilters) -> None:
+def render_export(engine: Engine, role: Actor, filters: AuditFilters) -> None:
     def export() -> BinaryIO:
         with engine.connect() as conn:
             return spool_to_file(lambda out: audit_search.write_csv(conn, role, filters, out))
@@ -134,7 +136,7 @@ def render_export(engine: Engine, role: str, filters: AuditFilters) -> None:
     )
 
 
-def render_verify(engine: Engine, role: str) -> None:
+def render_verify(engine: Engine, role: Actor) -> None:
     st.subheader("Hash chain")
     st.caption(
         "Each entry stores a SHA-256 hash of its content and of the entry before it, "
@@ -156,10 +158,12 @@ def render_verify(engine: Engine, role: str) -> None:
 
 settings = Settings.from_env()
 engine = engine_for(settings.database_url)
-role = st.session_state["gatewayz_user"]["role"]
+role = current_actor()
 
 st.title("Audit log")
 filters = filter_widgets(engine, role)
 render_entries(engine, role, filters)
 render_export(engine, role, filters)
-render_verify(engine, role)
+if role.is_staff:
+    # The chain covers every organization, so only installation staff verify it.
+    render_verify(engine, role)

@@ -18,6 +18,7 @@ import streamlit as st
 import stripe
 from sqlalchemy import Engine, select
 
+from app_support import current_actor
 from gateway_core import access, billing, email_outbox, emails, ledger, promotions, signup
 from gateway_core.billing import Billing
 from gateway_core.config import ConfigError, Settings
@@ -61,20 +62,24 @@ def load_billing() -> Billing | None:
         return None
 
 
-def current_role() -> str:
-    return st.session_state["gatewayz_user"]["role"]
+def require_billing_manager(org_id: int) -> None:
+    """Raise PermissionDeniedError unless the signed-in user may manage the billing of org_id."""
+    access.require_organization(current_actor(), org_id, "billing.manage")
 
 
 def usd(amount: Decimal | None) -> str:
     return "—" if amount is None else emails.format_usd(amount)
 
 
-def pick_organization(engine: Engine, database_url: str, username: str) -> int | None:
-    with engine.connect() as conn:
-        own = signup.organization_of_username(conn, username)
-    names = load_organizations(database_url)
-    if own is not None:
-        st.caption(f"Organization: **{names.get(own, own)}**")
+def pick_organization(database_url: str, actor: access.Actor) -> int | None:
+    names = {
+        org_id: name
+        for org_id, name in load_organizations(database_url).items()
+        if actor.may_see(org_id)
+    }
+    if not actor.is_staff and len(names) == 1:
+        (own, name), *_ = names.items()
+        st.caption(f"Organization: **{name}**")
         return own
     if not names:
         st.info("No organizations yet. Create a team on the Keys page to create one.")
@@ -133,7 +138,7 @@ def render_topup(engine: Engine, service: Billing, org_id: int, username: str) -
     if submitted:
         base = service.settings.app_url
         try:
-            access.require(current_role(), "billing.manage")
+            require_billing_manager(org_id)
             amount = ledger.parse_amount(text)
             with engine.begin() as conn:
                 session = service.create_topup_session(
@@ -238,7 +243,7 @@ def render_coupon(engine: Engine, org_id: int, username: str) -> None:
     if not submitted:
         return
     try:
-        access.require(current_role(), "billing.manage")
+        require_billing_manager(org_id)
         with engine.begin() as conn:
             credit = promotions.redeem_coupon(conn, org_id, code, username)
     except GatewayError as error:
@@ -329,7 +334,8 @@ if st.query_params.get("checkout") == "success":
     st.success("Thank you. Stripe is confirming the payment, and the credit appears shortly.")
 service = load_billing()
 render_stripe_status(service)
-org_id = pick_organization(engine, settings.database_url, user["username"])
+actor = current_actor()
+org_id = pick_organization(settings.database_url, actor)
 if org_id is not None:
     render_balance(engine, org_id)
     if service is not None:
@@ -338,10 +344,7 @@ if org_id is not None:
     render_history(engine, org_id)
     render_coupon(engine, org_id, user["username"])
     render_referral(engine, org_id)
-    with engine.connect() as conn:
-        is_operator = signup.organization_of_username(conn, user["username"]) is None
-    if is_operator and user["role"] in ADMIN_ROLES:
-        actor = access.Actor(user["username"], user["role"], st.context.ip_address)
+    if actor.is_staff and user["role"] in ADMIN_ROLES:
         render_admin(engine, org_id, actor)
         render_outbox(engine)
 render_email_previews()

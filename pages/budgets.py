@@ -18,7 +18,9 @@ import streamlit as st
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
+from app_support import current_actor
 from gateway_core import alerts, budgets, limits_admin
+from gateway_core.access import Actor
 from gateway_core.config import Settings
 from gateway_core.db import get_engine
 from gateway_core.errors import GatewayError
@@ -64,27 +66,29 @@ def engine_for(database_url: str) -> Engine:
 
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
-def load_scopes(database_url: str) -> list[Scope]:
+def load_scopes(database_url: str, actor: Actor) -> list[Scope]:
     with engine_for(database_url).connect() as conn:
-        return limits_admin.list_scopes(conn)
+        return limits_admin.list_scopes(conn, actor)
 
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
-def load_budgets(database_url: str) -> list[budgets.Budget]:
+def load_budgets(database_url: str, actor: Actor) -> list[budgets.Budget]:
     with engine_for(database_url).connect() as conn:
-        return budgets.list_budgets(conn)
+        return limits_admin.list_budgets(conn, actor)
 
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
-def load_rate_limits(database_url: str) -> list[RateLimits]:
+def load_rate_limits(database_url: str, actor: Actor) -> list[RateLimits]:
     with engine_for(database_url).connect() as conn:
-        return limits_admin.list_rate_limits(conn)
+        return limits_admin.list_rate_limits(conn, actor)
 
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
-def load_channels(database_url: str, organization_id: int) -> list[alerts.AlertChannel]:
+def load_channels(
+    database_url: str, actor: Actor, organization_id: int
+) -> list[alerts.AlertChannel]:
     with engine_for(database_url).connect() as conn:
-        return alerts.list_channels(conn, organization_id)
+        return limits_admin.list_alert_channels(conn, actor, organization_id)
 
 
 def finish_write(message: str) -> None:
@@ -276,7 +280,7 @@ def render_set_budget(engine: Engine, scope: Scope, user: dict) -> None:
         with engine.begin() as conn:
             limits_admin.save_budget(
                 conn,
-                user["role"],
+                user["actor"],
                 scope_type=scope.scope_type,
                 scope_id=scope.scope_id,
                 period=period,
@@ -327,7 +331,7 @@ def render_remove_budget(
 
     try:
         with engine.begin() as conn:
-            removed = limits_admin.delete_budget(conn, user["role"], budget_id)
+            removed = limits_admin.delete_budget(conn, user["actor"], budget_id)
     except GatewayError as error:
         logger.info(
             "user %s: budget %d not removed: %s", user["username"], budget_id, error.message
@@ -388,7 +392,7 @@ def render_rate_limits(
         with engine.begin() as conn:
             stored = limits_admin.set_rate_limits(
                 conn,
-                user["role"],
+                user["actor"],
                 scope_type=scope.scope_type,
                 scope_id=scope.scope_id,
                 **values,
@@ -434,7 +438,7 @@ def render_alert_recipients(
     organization_id = st.selectbox(
         "Organization", list(by_id), format_func=lambda i: by_id[i].name, key="channel_org"
     )
-    channels = load_channels(database_url, organization_id)
+    channels = load_channels(database_url, user["actor"], organization_id)
     if channels:
         st.dataframe(
             pd.DataFrame(
@@ -478,7 +482,7 @@ def render_alert_recipients(
         with engine.begin() as conn:
             channel_id = limits_admin.add_alert_channel(
                 conn,
-                user["role"],
+                user["actor"],
                 settings.secret,
                 organization_id=organization_id,
                 kind=kind,
@@ -524,7 +528,7 @@ def render_create_project(engine: Engine, teams: list[Scope], user: dict) -> Non
         with engine.begin() as conn:
             project = limits_admin.add_project(
                 conn,
-                user["role"],
+                user["actor"],
                 team_id=team_id,
                 name=name,
                 principal_investigator=investigator,
@@ -590,13 +594,15 @@ def render_overview(
 
 settings = Settings.from_env()
 engine = engine_for(settings.database_url)
-user = st.session_state["gatewayz_user"]
+actor = current_actor()
+# The render functions read the username, and pass the Actor to limits_admin.
+user = {**st.session_state["gatewayz_user"], "actor": actor}
 
 st.title("Budgets & limits")
 if FLASH_MESSAGE in st.session_state:
     st.success(st.session_state.pop(FLASH_MESSAGE))
 
-scopes = load_scopes(settings.database_url)
+scopes = load_scopes(settings.database_url, actor)
 if not any(scope.scope_type == "team" for scope in scopes):
     # Every other section needs a team, so one message replaces their empty states.
     st.info(
@@ -605,8 +611,8 @@ if not any(scope.scope_type == "team" for scope in scopes):
         "budgets and rate limits."
     )
     st.stop()
-all_budgets = load_budgets(settings.database_url)
-all_limits = load_rate_limits(settings.database_url)
+all_budgets = load_budgets(settings.database_url, actor)
+all_limits = load_rate_limits(settings.database_url, actor)
 scope = pick_scope(scopes)
 if scope is not None:
     scope_budgets = [

@@ -4,7 +4,8 @@ app.py registers this page for owners, admins, team admins and researchers.
 Calls go through the proxy at GATEWAYZ_PROXY_URL with a project API key that
 the user pastes, so the proxy bills that key's project. The key is kept in
 this session's state only, never in Postgres or the logs. Runs, answers,
-metrics and ratings are stored, and every user of this page sees the history.
+metrics and ratings are stored. Installation staff see every run in the history, and
+an organization user sees the runs of the members of their organizations.
 
 The script thread draws the answers while they stream, so any click on the
 page stops a run in progress, as Streamlit reruns the script. Finished cells
@@ -24,6 +25,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from sqlalchemy import Engine
 
+from app_support import current_actor
 from gateway_core import compare, model_admin
 from gateway_core.compare import CellDelta, CellDone, CellResult, CompareEvent, RunStore
 from gateway_core.compare_report import MAX_BATCH_PROMPTS
@@ -505,7 +507,7 @@ def run_caption(run: RunRecord, spec: RunSpec) -> str:
 
 def render_run(store: RunStore, run_id: int, key: str | None, base_url: str) -> None:
     try:
-        run = store.load_run(run_id)
+        run = store.load_run(run_id, current_actor())
     except NotFoundError:
         st.session_state.pop(OPEN_RUN, None)
         st.info(f"Run {run_id} no longer exists.")
@@ -541,7 +543,7 @@ def render_run(store: RunStore, run_id: int, key: str | None, base_url: str) -> 
         key="compare_download",
     )
 
-    if model_admin.can_manage_models(st.session_state["gatewayz_user"]["role"]):
+    if model_admin.can_manage_models(current_actor()):
         render_winner_alias(summary)
 
 
@@ -578,6 +580,6 @@ with compare_tab:
 with batch_tab:
     render_batch_tab(store, settings_values, key, base_url)
 with history_tab:
-    render_history_tab(store.list_runs(HISTORY_LIMIT))
+    render_history_tab(store.list_runs(HISTORY_LIMIT, current_actor()))
 if OPEN_RUN in st.session_state:
     render_run(store, st.session_state[OPEN_RUN], key, base_url)

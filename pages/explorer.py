@@ -20,12 +20,12 @@ import duckdb
 import pandas as pd
 import streamlit as st
 
-from gateway_core import analytics, explorer, usage_stats
+from app_support import current_actor, duckdb_for, load_names, pick_organization
+from gateway_core import analytics, explorer
 from gateway_core.config import Settings
 from gateway_core.errors import GatewayError
 from gateway_core.explorer import ExplorerFilters
 from gateway_core.time_ranges import day_range, zone_info
-from gateway_core.usage_stats import Organization, OrganizationNames
 
 PAGE_NAME = "explorer"
 TTL_SECONDS = 30
@@ -41,24 +41,6 @@ logger = logging.getLogger("gatewayz.app.explorer")
 if PAGE_NAME not in st.session_state.get("gatewayz_allowed_pages", ()):
     st.error("Sign in to explore usage: open the app's home page.")
     st.stop()
-
-
-@st.cache_resource
-def duckdb_for(database_url: str) -> duckdb.DuckDBPyConnection:
-    """Open one DuckDB with Postgres attached per process. Each query uses its own cursor."""
-    return analytics.connect(database_url)
-
-
-@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
-def load_organizations(database_url: str) -> list[Organization]:
-    with duckdb_for(database_url).cursor() as cursor:
-        return usage_stats.list_organizations(cursor)
-
-
-@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
-def load_names(database_url: str, organization_id: int) -> OrganizationNames:
-    with duckdb_for(database_url).cursor() as cursor:
-        return usage_stats.organization_names(cursor, organization_id)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
@@ -153,26 +135,14 @@ settings = Settings.from_env()
 st.title("Usage explorer")
 url = settings.analytics_database_url
 
-try:
-    organizations = load_organizations(url)
-except duckdb.Error as error:
-    logger.error("reading organizations failed: %s", analytics.redact_password(str(error), url))
-    st.error("Cannot read from Postgres. Check that the database is running, then reload.")
-    st.stop()
-if not organizations:
-    st.info("No organization yet. Create a team and a key on the Keys page, then send a request.")
-    st.stop()
-
-by_id = {organization.id: organization for organization in organizations}
-organization_id = st.selectbox(
-    "Organization",
-    list(by_id),
-    format_func=lambda i: by_id[i].name,
-    key="explorer_organization",
-    disabled=len(by_id) == 1,
+actor = current_actor()
+organization = pick_organization(
+    url,
+    "explorer_organization",
+    empty_message="No organization yet. Create a team and a key on the Keys page, "
+    "then send a request.",
 )
-organization = by_id[organization_id]
-names = load_names(url, organization.id)
+names = load_names(url, organization.id, actor)
 today = datetime.now(UTC).astimezone(zone_info(organization.timezone)).date()
 
 team_options = {NO_TEAM: "(no team: calls without a valid key)", **names.teams}
@@ -260,6 +230,7 @@ try:
         request_id=request_id.strip(),
         model_search=model_search.strip(),
     )
+    explorer.require_filters(actor, filters)
 except GatewayError as error:
     logger.info("rejected usage explorer filters: %s", error.message)
     st.error(f"Filters not applied: {error.message}.")

@@ -15,13 +15,14 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import Engine, select
 
+from app_support import current_actor
 from gateway_core import health_rules
 from gateway_core.access import Actor
 from gateway_core.config import Settings
 from gateway_core.db import get_engine
 from gateway_core.errors import GatewayError
 from gateway_core.health_rules import KIND_LABELS, HealthRule
-from gateway_core.schema import HEALTH_RULE_KINDS, health_incidents, organizations
+from gateway_core.schema import HEALTH_RULE_KINDS, organizations
 
 PAGE_NAME = "health_alerts"
 LIST_TTL_SECONDS = 10
@@ -42,23 +43,23 @@ def engine_for(database_url: str) -> Engine:
 
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
-def load_organizations(database_url: str) -> dict[int, str]:
+def load_organizations(database_url: str, actor: Actor) -> dict[int, str]:
+    """Return the names of the organizations the actor may see, by id."""
     with engine_for(database_url).connect() as conn:
         rows = conn.execute(select(organizations.c.id, organizations.c.name))
-        return {row.id: row.name for row in rows}
+        return {row.id: row.name for row in rows if actor.may_see(row.id)}
 
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
-def load_rules(database_url: str) -> list[HealthRule]:
+def load_rules(database_url: str, actor: Actor) -> list[HealthRule]:
     with engine_for(database_url).connect() as conn:
-        return health_rules.list_rules(conn)
+        return health_rules.visible_rules(conn, actor)
 
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
-def load_incidents(database_url: str) -> pd.DataFrame:
-    query = select(health_incidents).order_by(health_incidents.c.id.desc()).limit(RECENT_INCIDENTS)
+def load_incidents(database_url: str, actor: Actor) -> pd.DataFrame:
     with engine_for(database_url).connect() as conn:
-        return pd.DataFrame(conn.execute(query).mappings().all())
+        return pd.DataFrame(health_rules.recent_incidents(conn, actor, RECENT_INCIDENTS))
 
 
 def finish_write(message: str) -> None:
@@ -216,8 +217,7 @@ def render_delete(engine: Engine, actor: Actor, rules: list[HealthRule]) -> None
 
 settings = Settings.from_env()
 engine = engine_for(settings.database_url)
-user = st.session_state["gatewayz_user"]
-actor = Actor(user["username"], user["role"], st.context.ip_address)
+actor = current_actor()
 
 st.title("Health alerts")
 if FLASH_MESSAGE in st.session_state:
@@ -227,13 +227,13 @@ st.caption(
     "An incident sends one message to the organization's alert recipients (Budgets & limits "
     "page) and is resolved when the condition clears."
 )
-names = load_organizations(settings.database_url)
-rules = load_rules(settings.database_url)
+names = load_organizations(settings.database_url, actor)
+rules = load_rules(settings.database_url, actor)
 render_rules(rules, names)
 render_edit(engine, actor, rules, names)
 render_delete(engine, actor, rules)
 st.subheader("Recent incidents")
-incidents = load_incidents(settings.database_url)
+incidents = load_incidents(settings.database_url, actor)
 if incidents.empty:
     st.info("No incidents yet.")
 else:

@@ -19,6 +19,7 @@ import streamlit as st
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import IntegrityError
 
+from app_support import current_actor
 from gateway_core import access, directory, keys, keys_admin, provisioning
 from gateway_core.access import Actor
 from gateway_core.config import Settings
@@ -51,19 +52,21 @@ def engine_for(database_url: str) -> Engine:
 
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
-def load_organizations(database_url: str, version: tuple[int, ...]) -> list[Organization]:
-    """Return every organization by name; `version` is directory_version, as in load_projects."""
+def load_organizations(
+    database_url: str, actor: Actor, version: tuple[int, ...]
+) -> list[Organization]:
+    """Return the actor's organizations by name; `version` is directory_version."""
     query = select(organizations.c.id, organizations.c.name, organizations.c.timezone)
     with engine_for(database_url).connect() as conn:
         rows = conn.execute(query.order_by(organizations.c.name, organizations.c.id)).all()
-    return [Organization(*row) for row in rows]
+    return [Organization(*row) for row in rows if actor.may_see(row.id)]
 
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
-def load_teams(database_url: str, username: str, role: str) -> list[directory.Team]:
+def load_teams(database_url: str, actor: Actor) -> list[directory.Team]:
     """Return the teams whose keys this user may manage."""
     with engine_for(database_url).connect() as conn:
-        return keys_admin.visible_teams(conn, Actor(username, role))
+        return keys_admin.visible_teams(conn, actor)
 
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
@@ -81,11 +84,6 @@ def load_keys(database_url: str) -> list[keys.KeySummary]:
 
 def key_label(key: keys.KeySummary) -> str:
     return f"{key.prefix}…{key.last4}"
-
-
-def current_actor() -> Actor:
-    user = st.session_state["gatewayz_user"]
-    return Actor(user["username"], user["role"], st.context.ip_address)
 
 
 def split_list(text: str) -> list[str] | None:
@@ -131,7 +129,8 @@ def organization_form() -> tuple[str, str, str, int] | None:
 
 
 def render_create_organization(engine: Engine, actor: Actor) -> None:
-    if not access.can(actor.role, "organizations.create"):
+    # Organization users may not create organizations (access.INSTALLATION_ACTIONS).
+    if not actor.is_staff or not access.can(actor.role, "organizations.create"):
         return
     st.subheader("Create an organization")
     submission = organization_form()
@@ -510,8 +509,8 @@ if FLASH_MESSAGE in st.session_state:
 render_create_organization(engine, actor)
 with engine.connect() as conn:
     version = directory.directory_version(conn)
-render_create_team(engine, actor, load_organizations(settings.database_url, version))
-teams = load_teams(settings.database_url, actor.username, actor.role)
+render_create_team(engine, actor, load_organizations(settings.database_url, actor, version))
+teams = load_teams(settings.database_url, actor)
 projects = load_projects(settings.database_url, version)
 render_create_key(engine, settings.secret, teams, projects, actor)
 team_ids = {team.id for team in teams}

@@ -19,11 +19,12 @@ import plotly.express as px
 import streamlit as st
 from plotly.graph_objects import Figure
 
+from app_support import current_actor, duckdb_for, load_names, pick_organization
 from gateway_core import analytics, usage_stats
 from gateway_core.config import Settings
 from gateway_core.errors import GatewayError
 from gateway_core.time_ranges import TimeRange, day_range, zone_info
-from gateway_core.usage_stats import Organization, OrganizationNames, UsageScope
+from gateway_core.usage_stats import UsageScope
 
 PAGE_NAME = "model_analytics"
 TTL_SECONDS = 30
@@ -35,24 +36,6 @@ logger = logging.getLogger("gatewayz.app.model_analytics")
 if PAGE_NAME not in st.session_state.get("gatewayz_allowed_pages", ()):
     st.error("Sign in to see model analytics: open the app's home page.")
     st.stop()
-
-
-@st.cache_resource
-def duckdb_for(database_url: str) -> duckdb.DuckDBPyConnection:
-    """Open one DuckDB with Postgres attached per process. Each query uses its own cursor."""
-    return analytics.connect(database_url)
-
-
-@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
-def load_organizations(database_url: str) -> list[Organization]:
-    with duckdb_for(database_url).cursor() as cursor:
-        return usage_stats.list_organizations(cursor)
-
-
-@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
-def load_names(database_url: str, organization_id: int) -> OrganizationNames:
-    with duckdb_for(database_url).cursor() as cursor:
-        return usage_stats.organization_names(cursor, organization_id)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
@@ -174,27 +157,14 @@ settings = Settings.from_env()
 st.title("Model analytics")
 url = settings.analytics_database_url
 
-try:
-    organizations = load_organizations(url)
-except duckdb.Error as error:
-    logger.error("reading organizations failed: %s", analytics.redact_password(str(error), url))
-    st.error("Cannot read from Postgres. Check that the database is running, then reload.")
-    st.stop()
-if not organizations:
-    st.info("No organization yet. Create a team on the Keys page to start one.")
-    st.stop()
-
-by_id = {organization.id: organization for organization in organizations}
 organization_column, dates_column, team_column = st.columns([1, 2, 2])
-organization_id = organization_column.selectbox(
-    "Organization",
-    list(by_id),
-    format_func=lambda i: by_id[i].name,
-    key="model_analytics_organization",
-    disabled=len(by_id) == 1,
+organization = pick_organization(
+    url,
+    "model_analytics_organization",
+    empty_message="No organization yet. Create a team on the Keys page to start one.",
+    container=organization_column,
 )
-organization = by_id[organization_id]
-names = load_names(url, organization.id)
+names = load_names(url, organization.id, current_actor())
 today = datetime.now(UTC).astimezone(zone_info(organization.timezone)).date()
 dates = dates_column.date_input(
     f"Dates ({organization.timezone})",

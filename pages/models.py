@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 from sqlalchemy import Engine
 
+from app_support import current_actor
 from gateway_core import model_admin, model_routes
 from gateway_core.catalog import Catalog, CatalogError, load_catalog
 from gateway_core.config import Settings
@@ -216,7 +217,7 @@ def render_set_override(engine: Engine, listings: list[ModelListing], user: dict
     try:
         with engine.begin() as conn:
             model_admin.save_price_override(
-                conn, user["role"], user["username"], model_id, typed, by_id[model_id].entry
+                conn, user["actor"], user["username"], model_id, typed, by_id[model_id].entry
             )
     except GatewayError as error:
         logger.info(
@@ -244,7 +245,7 @@ def render_remove_override(engine: Engine, overrides: list[str], user: dict) -> 
 
     try:
         with engine.begin() as conn:
-            removed = model_admin.delete_price_override(conn, user["role"], model_id)
+            removed = model_admin.delete_price_override(conn, user["actor"], model_id)
     except GatewayError as error:
         logger.info(
             "user %s: override for %s not removed: %s", user["username"], model_id, error.message
@@ -270,7 +271,7 @@ def render_set_alias(engine: Engine, model_ids: list[str], user: dict) -> None:
 
     try:
         with engine.begin() as conn:
-            model_admin.save_alias(conn, user["role"], user["username"], alias, target)
+            model_admin.save_alias(conn, user["actor"], user["username"], alias, target)
     except GatewayError as error:
         logger.info("user %s: alias %r not saved: %s", user["username"], alias, error.message)
         st.error(f"Alias not saved: {error.message}.")
@@ -295,7 +296,7 @@ def render_set_fallbacks(engine: Engine, names: list[str], user: dict) -> None:
     try:
         with engine.begin() as conn:
             fallbacks = model_admin.save_fallbacks(
-                conn, user["role"], user["username"], model, text
+                conn, user["actor"], user["username"], model, text
             )
     except GatewayError as error:
         logger.info(
@@ -321,7 +322,7 @@ def render_remove_route(engine: Engine, routes: list[model_routes.ModelRoute], u
 
     try:
         with engine.begin() as conn:
-            removed = model_admin.delete_route(conn, user["role"], name)
+            removed = model_admin.delete_route(conn, user["actor"], name)
     except GatewayError as error:
         logger.info("user %s: route %s not removed: %s", user["username"], name, error.message)
         st.error(f"Route not removed: {error.message}.")
@@ -347,7 +348,8 @@ def render_admin(
 
 settings = Settings.from_env()
 engine = engine_for(settings.database_url)
-user = st.session_state["gatewayz_user"]
+# The render functions read the username, and pass the Actor to model_admin.
+user = {**st.session_state["gatewayz_user"], "actor": current_actor()}
 
 st.title("Models")
 if FLASH_MESSAGE in st.session_state:
@@ -363,7 +365,7 @@ listings = model_admin.merge_overrides(catalog, load_overrides(settings.database
 routes = load_routes(settings.database_url)
 render_catalog(listings, sorted({listing.provider for listing in listings}))
 render_routes(routes)
-if model_admin.can_manage_models(user["role"]):
+if model_admin.can_manage_models(user["actor"]):
     render_admin(engine, listings, routes, user)
 else:
     st.caption("Owners and admins can set price overrides, aliases and fallbacks here.")

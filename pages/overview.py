@@ -18,10 +18,11 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
+from app_support import duckdb_for, pick_organization
 from gateway_core import analytics, usage_stats
 from gateway_core.config import Settings
 from gateway_core.time_ranges import PERIODS, TimeRange, period_range
-from gateway_core.usage_stats import LatencyPercentiles, Organization, UsageScope, UsageTotals
+from gateway_core.usage_stats import LatencyPercentiles, UsageScope, UsageTotals
 
 PAGE_NAME = "overview"
 TTL_SECONDS = 30
@@ -32,18 +33,6 @@ logger = logging.getLogger("gatewayz.app.overview")
 if PAGE_NAME not in st.session_state.get("gatewayz_allowed_pages", ()):
     st.error("Sign in to see the overview: open the app's home page.")
     st.stop()
-
-
-@st.cache_resource
-def duckdb_for(database_url: str) -> duckdb.DuckDBPyConnection:
-    """Open one DuckDB with Postgres attached per process. Each query uses its own cursor."""
-    return analytics.connect(database_url)
-
-
-@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
-def load_organizations(database_url: str) -> list[Organization]:
-    with duckdb_for(database_url).cursor() as cursor:
-        return usage_stats.list_organizations(cursor)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
@@ -196,32 +185,16 @@ def render_empty_state() -> None:
 settings = Settings.from_env()
 st.title("Overview")
 
-try:
-    organizations = load_organizations(settings.analytics_database_url)
-except duckdb.Error as error:
-    logger.error(
-        "reading organizations failed: %s",
-        analytics.redact_password(str(error), settings.analytics_database_url),
-    )
-    st.error("Cannot read from Postgres. Check that the database is running, then reload.")
-    st.stop()
-if not organizations:
-    st.info("No organization yet. Create a team on the Keys page to start one.")
-    st.stop()
-
-by_id = {organization.id: organization for organization in organizations}
 organization_column, period_column = st.columns([2, 1])
-organization_id = organization_column.selectbox(
-    "Organization",
-    list(by_id),
-    format_func=lambda i: by_id[i].name,
-    key="overview_organization",
-    disabled=len(by_id) == 1,
+organization = pick_organization(
+    settings.analytics_database_url,
+    "overview_organization",
+    empty_message="No organization yet. Create a team on the Keys page to start one.",
+    container=organization_column,
 )
 period = period_column.selectbox(
     "Period", list(PERIODS), index=3, format_func=PERIODS.get, key="overview_period"
 )
-organization = by_id[organization_id]
 scope = UsageScope(organization.id)
 now = datetime.now(UTC)
 current_range, previous_range = period_range(period, now, organization.timezone)

@@ -18,14 +18,15 @@ import streamlit as st
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway_core import analytics, directory, reports, usage_stats
+from app_support import current_actor, duckdb_for, load_names, pick_organization
+from gateway_core import analytics, directory, reports
+from gateway_core.access import Actor
 from gateway_core.config import Settings
 from gateway_core.db import get_engine
 from gateway_core.errors import GatewayError
 from gateway_core.reports import ReportScope
 from gateway_core.reports.research import CURRENCY, PRICE_SOURCE
 from gateway_core.time_ranges import zone_info
-from gateway_core.usage_stats import Organization, OrganizationNames
 
 PAGE_NAME = "reports"
 TTL_SECONDS = 30
@@ -43,34 +44,12 @@ def engine_for(database_url: str) -> Engine:
     return get_engine(database_url)
 
 
-@st.cache_resource
-def duckdb_for(database_url: str) -> duckdb.DuckDBPyConnection:
-    """Open one DuckDB with Postgres attached per process. Each query uses its own cursor."""
-    return analytics.connect(database_url)
-
-
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
-def load_organizations(database_url: str, version: tuple[int, ...]) -> list[Organization]:
-    with duckdb_for(database_url).cursor() as cursor:
-        return usage_stats.list_organizations(cursor)
-
-
-@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
-def load_names(
-    database_url: str, organization_id: int, version: tuple[int, ...]
-) -> OrganizationNames:
-    """Return the organization's names.
-
-    The cache is keyed by `version`, from directory_version, so new names show at once.
-    """
-    with duckdb_for(database_url).cursor() as cursor:
-        return usage_stats.organization_names(cursor, organization_id)
-
-
-@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
-def load_scope(database_url: str, team_id: int, project_id: int | None) -> ReportScope:
+def load_scope(
+    database_url: str, team_id: int, project_id: int | None, actor: Actor
+) -> ReportScope:
     with engine_for(database_url).connect() as conn:
-        return reports.scope_for_team(conn, team_id, project_id)
+        return reports.scope_for_team(conn, team_id, project_id, actor)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
@@ -134,25 +113,18 @@ url = settings.analytics_database_url
 try:
     with engine_for(url).connect() as conn:
         version = directory.directory_version(conn)
-    organizations = load_organizations(url, version)
-except (SQLAlchemyError, duckdb.Error) as error:
+except SQLAlchemyError as error:
     logger.error("reading organizations failed: %s", analytics.redact_password(str(error), url))
     st.error("Cannot read from Postgres. Check that the database is running, then reload.")
     st.stop()
-if not organizations:
-    st.info("No teams yet. An admin creates teams and projects; reports cover their usage.")
-    st.stop()
-
-by_id = {organization.id: organization for organization in organizations}
-organization_id = st.selectbox(
-    "Organization",
-    list(by_id),
-    format_func=lambda i: by_id[i].name,
-    key="reports_organization",
-    disabled=len(by_id) == 1,
+actor = current_actor()
+organization = pick_organization(
+    url,
+    "reports_organization",
+    empty_message="No teams yet. An admin creates teams and projects; reports cover their usage.",
+    version=version,
 )
-organization = by_id[organization_id]
-names = load_names(url, organization.id, version)
+names = load_names(url, organization.id, actor, version)
 if not names.teams:
     st.info("No teams yet. An admin creates teams and projects; reports cover their usage.")
     st.stop()
@@ -181,7 +153,7 @@ first, last = dates
 end = last + timedelta(days=1)
 
 try:
-    scope = load_scope(url, team_id, None if project_id == ALL_PROJECTS else project_id)
+    scope = load_scope(url, team_id, None if project_id == ALL_PROJECTS else project_id, actor)
     with st.spinner("Summing usage…"):
         summary = load_summary(url, scope, first, end)
 except GatewayError as error:

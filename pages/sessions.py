@@ -1,6 +1,7 @@
 """Sessions page: stored chat sessions with their usage, and prompt templates.
 
-Sessions of every organization are listed with the usage rows of the calls
+Sessions of the signed-in user's organizations (every organization for
+installation staff) are listed with the usage rows of the calls
 that named them summed (cost, tokens, mean latency), and picking one shows
 its transcript. Every role that can open the page can preview templates
 with variables, and every role but viewer can save a new version. Message
@@ -18,7 +19,9 @@ import streamlit as st
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from app_support import current_actor
 from gateway_core import access, prompt_templates, sessions
+from gateway_core.access import Actor
 from gateway_core.config import Settings
 from gateway_core.db import get_engine
 from gateway_core.errors import GatewayError, InvalidRequestError
@@ -46,9 +49,9 @@ def engine_for(database_url: str) -> Engine:
 
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
-def load_totals(database_url: str, query: str | None) -> list[SessionTotals]:
+def load_totals(database_url: str, query: str | None, actor: Actor) -> list[SessionTotals]:
     with engine_for(database_url).connect() as conn:
-        return sessions.session_totals(conn, query)
+        return sessions.session_totals(conn, query, actor=actor)
 
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
@@ -60,9 +63,9 @@ def load_transcript(
 
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
-def load_organizations(database_url: str) -> dict[int, str]:
+def load_organizations(database_url: str, actor: Actor) -> dict[int, str]:
     with engine_for(database_url).connect() as conn:
-        return sessions.organization_names(conn)
+        return sessions.organization_names(conn, actor)
 
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
@@ -133,7 +136,7 @@ def render_transcript(url: str, row: SessionTotals) -> None:
 
 def render_sessions(url: str) -> None:
     query = st.text_input("Search titles, ids and message text", key="sessions_query").strip()
-    rows = load_totals(url, query or None)
+    rows = load_totals(url, query or None, current_actor())
     if not rows:
         st.info(
             "No sessions match." if query else "No sessions yet: create one with POST /v1/sessions."
@@ -232,11 +235,16 @@ def render_editor(
 
     name, content_format, text, description = submission
     try:
-        access.require(st.session_state["gatewayz_user"]["role"], "templates.edit")
         content = parse_content(text, content_format)
         with engine.begin() as conn:
             saved = prompt_templates.create_version(
-                conn, organization_id, name.strip(), content, description or None, username
+                conn,
+                organization_id,
+                name.strip(),
+                content,
+                description or None,
+                username,
+                actor=current_actor(),
             )
     except GatewayError as error:
         logger.info("user %s: template not saved: %s", username, error.message)
@@ -251,7 +259,7 @@ def render_editor(
 
 
 def render_templates(engine: Engine, url: str, user: dict[str, Any]) -> None:
-    organizations = load_organizations(url)
+    organizations = load_organizations(url, current_actor())
     if not organizations:
         st.info("No organizations yet: create a team on the Keys page first.")
         return

@@ -20,12 +20,13 @@ from plotly.graph_objects import Figure
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from app_support import current_actor, duckdb_for, load_names, pick_organization
 from gateway_core import analytics, budgets, directory, usage_stats
 from gateway_core.config import Settings
 from gateway_core.db import get_engine
 from gateway_core.errors import GatewayError
 from gateway_core.time_ranges import TimeRange, day_range, default_bucket_unit, zone_info
-from gateway_core.usage_stats import Organization, OrganizationNames, UsageScope
+from gateway_core.usage_stats import UsageScope
 
 PAGE_NAME = "team_spend"
 TTL_SECONDS = 30
@@ -45,30 +46,6 @@ if PAGE_NAME not in st.session_state.get("gatewayz_allowed_pages", ()):
 @st.cache_resource
 def engine_for(database_url: str) -> Engine:
     return get_engine(database_url)
-
-
-@st.cache_resource
-def duckdb_for(database_url: str) -> duckdb.DuckDBPyConnection:
-    """Open one DuckDB with Postgres attached per process. Each query uses its own cursor."""
-    return analytics.connect(database_url)
-
-
-@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
-def load_organizations(database_url: str, version: tuple[int, ...]) -> list[Organization]:
-    with duckdb_for(database_url).cursor() as cursor:
-        return usage_stats.list_organizations(cursor)
-
-
-@st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
-def load_names(
-    database_url: str, organization_id: int, version: tuple[int, ...]
-) -> OrganizationNames:
-    """Return the organization's names.
-
-    The cache is keyed by `version`, from directory_version, so new names show at once.
-    """
-    with duckdb_for(database_url).cursor() as cursor:
-        return usage_stats.organization_names(cursor, organization_id)
 
 
 @st.cache_data(ttl=TTL_SECONDS, show_spinner=False)
@@ -176,25 +153,17 @@ url = settings.analytics_database_url
 try:
     with engine_for(url).connect() as conn:
         version = directory.directory_version(conn)
-    organizations = load_organizations(url, version)
-except (SQLAlchemyError, duckdb.Error) as error:
+except SQLAlchemyError as error:
     logger.error("reading organizations failed: %s", analytics.redact_password(str(error), url))
     st.error("Cannot read from Postgres. Check that the database is running, then reload.")
     st.stop()
-if not organizations:
-    st.info("No teams yet. Create one on the Keys page, then come back to see its spend.")
-    st.stop()
-
-by_id = {organization.id: organization for organization in organizations}
-organization_id = st.selectbox(
-    "Organization",
-    list(by_id),
-    format_func=lambda i: by_id[i].name,
-    key="team_spend_organization",
-    disabled=len(by_id) == 1,
+organization = pick_organization(
+    url,
+    "team_spend_organization",
+    empty_message="No teams yet. Create one on the Keys page, then come back to see its spend.",
+    version=version,
 )
-organization = by_id[organization_id]
-names = load_names(url, organization.id, version)
+names = load_names(url, organization.id, current_actor(), version)
 if not names.teams:
     st.info("No teams yet. Create one on the Keys page, then come back to see its spend.")
     st.stop()

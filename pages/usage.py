@@ -16,7 +16,9 @@ import streamlit as st
 from plotly.graph_objects import Figure
 from sqlalchemy import Engine
 
+from app_support import current_actor, duckdb_for
 from gateway_core import analytics, directory
+from gateway_core.access import Actor
 from gateway_core.config import Settings
 from gateway_core.db import get_engine
 
@@ -39,34 +41,40 @@ def engine_for(database_url: str) -> Engine:
     return get_engine(database_url)
 
 
-@st.cache_resource
-def duckdb_for(database_url: str) -> duckdb.DuckDBPyConnection:
-    """Open one DuckDB with Postgres attached per process. Each query uses its own cursor."""
-    return analytics.connect(database_url)
-
-
 @st.cache_data(ttl=TEAMS_TTL_SECONDS, show_spinner=False)
-def load_teams(database_url: str) -> list[directory.Team]:
+def load_teams(database_url: str, actor: Actor) -> list[directory.Team]:
     with engine_for(database_url).connect() as conn:
-        return directory.list_teams(conn)
+        return [team for team in directory.list_teams(conn) if actor.may_see(team.organization_id)]
 
 
 @st.cache_data(ttl=USAGE_TTL_SECONDS, show_spinner=False)
 def load_usage_over_time(
-    database_url: str, start: datetime, end: datetime, bucket: str, team_id: int | None
+    database_url: str,
+    start: datetime,
+    end: datetime,
+    bucket: str,
+    team_id: int | None,
+    actor: Actor,
 ) -> pd.DataFrame:
     with duckdb_for(database_url).cursor() as cursor:
         return analytics.usage_over_time(
-            cursor, start=start, end=end, bucket=bucket, team_id=team_id
+            cursor,
+            start=start,
+            end=end,
+            bucket=bucket,
+            team_id=team_id,
+            organization_ids=actor.organization_ids,
         )
 
 
 @st.cache_data(ttl=USAGE_TTL_SECONDS, show_spinner=False)
 def load_usage_rows(
-    database_url: str, start: datetime, end: datetime, team_id: int | None
+    database_url: str, start: datetime, end: datetime, team_id: int | None, actor: Actor
 ) -> pd.DataFrame:
     with duckdb_for(database_url).cursor() as cursor:
-        return analytics.usage_rows(cursor, start=start, end=end, team_id=team_id)
+        return analytics.usage_rows(
+            cursor, start=start, end=end, team_id=team_id, organization_ids=actor.organization_ids
+        )
 
 
 def day_range(first: date, last: date) -> tuple[datetime, datetime]:
@@ -170,7 +178,8 @@ settings = Settings.from_env()
 st.title("Usage")
 
 today = datetime.now(UTC).date()
-teams = load_teams(settings.analytics_database_url)
+actor = current_actor()
+teams = load_teams(settings.analytics_database_url, actor)
 team_names = {team.id: team.name for team in teams}
 dates_column, team_column, bucket_column = st.columns([2, 2, 1])
 dates = dates_column.date_input(
@@ -192,8 +201,9 @@ if not isinstance(dates, tuple) or len(dates) != 2:
 
 start, end = day_range(*dates)
 try:
-    over_time = load_usage_over_time(settings.analytics_database_url, start, end, bucket, team_id)
-    rows = load_usage_rows(settings.analytics_database_url, start, end, team_id)
+    url = settings.analytics_database_url
+    over_time = load_usage_over_time(url, start, end, bucket, team_id, actor)
+    rows = load_usage_rows(url, start, end, team_id, actor)
 except duckdb.Error as error:
     message = analytics.redact_password(str(error), settings.analytics_database_url)
     logger.error("usage query failed: %s", message)

@@ -16,15 +16,17 @@ from collections.abc import Callable
 
 import pandas as pd
 import streamlit as st
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import IntegrityError
 
+from app_support import current_actor
 from gateway_core import directory, users_admin
 from gateway_core.access import TEAM_ROLES, Actor
 from gateway_core.config import Settings
 from gateway_core.db import get_engine
 from gateway_core.directory import ROLES
 from gateway_core.errors import GatewayError
+from gateway_core.schema import organizations
 from gateway_core.users_admin import Account
 
 PAGE_NAME = "users"
@@ -46,21 +48,33 @@ def engine_for(database_url: str) -> Engine:
 
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
-def load_accounts(database_url: str) -> list[Account]:
+def load_accounts(database_url: str, actor: Actor) -> list[Account]:
     with engine_for(database_url).connect() as conn:
-        return users_admin.list_accounts(conn)
+        return users_admin.list_accounts(conn, actor)
 
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
-def load_memberships(database_url: str) -> list[users_admin.TeamMembership]:
+def load_memberships(database_url: str, actor: Actor) -> list[users_admin.TeamMembership]:
     with engine_for(database_url).connect() as conn:
-        return users_admin.list_memberships(conn)
+        return users_admin.list_memberships(conn, actor)
 
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
-def load_teams(database_url: str) -> list[directory.Team]:
+def load_teams(database_url: str, actor: Actor) -> list[directory.Team]:
     with engine_for(database_url).connect() as conn:
-        return directory.list_teams(conn)
+        return [team for team in directory.list_teams(conn) if actor.may_see(team.organization_id)]
+
+
+@st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
+def load_organization_names(database_url: str, actor: Actor) -> dict[int, str]:
+    """Return the names of the actor's organizations, or of none for installation staff."""
+    if actor.organization_ids is None:
+        return {}
+    query = select(organizations.c.id, organizations.c.name).where(
+        organizations.c.id.in_(actor.organization_ids)
+    )
+    with engine_for(database_url).connect() as conn:
+        return dict(conn.execute(query.order_by(organizations.c.name)).tuples().all())
 
 
 def clear_lists() -> None:
@@ -87,7 +101,7 @@ def show_password_once(username: str, password: str) -> None:
     st.code(password, language=None)
 
 
-def render_invite(engine: Engine, actor: Actor) -> None:
+def render_invite(engine: Engine, actor: Actor, organization_names: dict[int, str]) -> None:
     st.subheader("Invite a user")
     roles = [role for role in ROLES if role != "owner" or actor.role == "owner"]
     with st.form("invite_user", clear_on_submit=True):
@@ -95,13 +109,25 @@ def render_invite(engine: Engine, actor: Actor) -> None:
         display_name = st.text_input("Display name", max_chars=200, key="invite_display_name")
         email = st.text_input("Email", max_chars=320, key="invite_email")
         role = st.selectbox("Role", roles, index=roles.index("viewer"), key="invite_role")
+        # Staff invite staff users; an organization user invites into their organization.
+        organization_id = None
+        if organization_names:
+            organization_id = st.selectbox(
+                "Organization",
+                list(organization_names),
+                format_func=organization_names.__getitem__,
+                key="invite_organization",
+                disabled=len(organization_names) == 1,
+            )
         submitted = st.form_submit_button("Invite user")
     if not submitted:
         return
 
     try:
         with engine.begin() as conn:
-            password = users_admin.invite_user(conn, actor, username, email, role, display_name)
+            password = users_admin.invite_user(
+                conn, actor, username, email, role, display_name, organization_id=organization_id
+            )
     except GatewayError as error:
         logger.info("user %s: user not invited: %s", actor.username, error.message)
         st.error(error.message)
@@ -269,16 +295,15 @@ def render_membership(
 
 settings = Settings.from_env()
 engine = engine_for(settings.database_url)
-user = st.session_state["gatewayz_user"]
-actor = Actor(user["username"], user["role"], st.context.ip_address)
+actor = current_actor()
 
 st.title("Users")
 if FLASH_MESSAGE in st.session_state:
     st.success(st.session_state.pop(FLASH_MESSAGE))
-render_invite(engine, actor)
-accounts = load_accounts(settings.database_url)
+render_invite(engine, actor, load_organization_names(settings.database_url, actor))
+accounts = load_accounts(settings.database_url, actor)
 render_reset(engine, accounts, actor)
-render_accounts(accounts, load_memberships(settings.database_url))
+render_accounts(accounts, load_memberships(settings.database_url, actor))
 render_status(engine, accounts, actor)
 render_role(engine, accounts, actor)
-render_membership(engine, accounts, load_teams(settings.database_url), actor)
+render_membership(engine, accounts, load_teams(settings.database_url, actor), actor)

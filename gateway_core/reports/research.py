@@ -28,6 +28,7 @@ import duckdb
 import pandas as pd
 from sqlalchemy import Connection, select
 
+from gateway_core import access
 from gateway_core.analytics import to_frame
 from gateway_core.csv_cells import cell, spool_to_file, text_cell
 from gateway_core.directory import DEFAULT_ORGANIZATION
@@ -129,8 +130,20 @@ def _team_projects(conn: Connection, team_id: int) -> tuple[ProjectInfo, ...]:
     return tuple(ProjectInfo(*row) for row in rows)
 
 
-def scope_for_team(conn: Connection, team_id: int, project_id: int | None = None) -> ReportScope:
-    """Return the report scope of a team, or of one of its projects, by id."""
+def scope_for_team(
+    conn: Connection,
+    team_id: int,
+    project_id: int | None = None,
+    actor: access.Actor | None = None,
+) -> ReportScope:
+    """Return the report scope of a team, or of one of its projects, by id.
+
+    With an `actor`, raises PermissionDeniedError unless the team is in one
+    of the actor's organizations.
+    """
+    if actor is not None:
+        organization_id = access.organization_of_team(conn, team_id)
+        access.require_organization(actor, organization_id, "reports.read")
     row = conn.execute(
         select(organizations.c.id, organizations.c.name, organizations.c.timezone, teams.c.name)
         .join(teams, teams.c.organization_id == organizations.c.id)

@@ -1,0 +1,497 @@
+"""Organization scope: signed-up owners act only inside their own organization.
+
+Two organizations are created through `signup.sign_up`, each with a named
+team, project, key, budget, alert channel, health rule, template and calls.
+Every check runs against the real test database, and each refusal has a
+matching success by the organization's own owner or by staff, so a check
+that refuses everything would fail.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import Engine, insert, select
+from streamlit.testing.v1 import AppTest
+
+from gateway_core import (
+    access,
+    analytics,
+    audit_search,
+    explorer,
+    health_rules,
+    keys_admin,
+    limits_admin,
+    model_admin,
+    prompt_templates,
+    reports,
+    signup,
+    usage_stats,
+    users_admin,
+)
+from gateway_core.access import Actor
+from gateway_core.audit_search import AuditFilters
+from gateway_core.errors import InvalidRequestError, PermissionDeniedError
+from gateway_core.explorer import ExplorerFilters
+from gateway_core.schema import organization_members, usage_events, users
+from tests import test_app_pages
+from tests.conftest import TEST_SECRET
+from tests.test_app_pages import ANALYTICS_PAGES, add_user, open_page, start_app
+from tests.test_reports import usage_row
+from tests.test_signup import PASSWORD, sign_in
+
+SECRET = TEST_SECRET.encode()
+STAFF = Actor("root", "owner")
+
+app_env = test_app_pages.app_env
+cookies = test_app_pages.cookies
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """One signed-up organization and the objects seeded in it."""
+
+    prefix: str
+    owner: Actor
+    organization_id: int
+    team_id: int
+    project_id: int
+    key_id: int
+    budget_id: int
+    rule_id: int
+
+    def names(self) -> list[str]:
+        """Return the names seeded in this organization, which no other one may see."""
+        return [
+            f"{self.prefix} Labs",
+            f"{self.prefix}-team",
+            f"{self.prefix}-project",
+            f"{self.prefix}-key",
+            f"{self.prefix}-rule",
+            f"{self.prefix}-template",
+            f"{self.prefix}@example.com",
+            f"{self.prefix}-model",
+        ]
+
+
+def seed_tenant(engine: Engine, prefix: str) -> Tenant:
+    email = f"{prefix}@example.com"
+    with engine.begin() as conn:
+        result = signup.sign_up(conn, SECRET, email, PASSWORD, f"{prefix} Labs")
+    with engine.connect() as conn:
+        owner = access.load_actor(conn, email, "owner")
+    org_id = result.organization_id
+    with engine.begin() as conn:
+        team = keys_admin.create_team(conn, owner, f"{prefix}-team", org_id)
+        project = limits_admin.add_project(conn, owner, team_id=team.id, name=f"{prefix}-project")
+        key = keys_admin.create_key(
+            conn, SECRET, owner, team_id=team.id, name=f"{prefix}-key", mode="test"
+        )
+        budget_id = limits_admin.save_budget(
+            conn,
+            owner,
+            scope_type="team",
+            scope_id=team.id,
+            period="monthly",
+            limit_usd=Decimal("50"),
+            actor=owner.username,
+        )
+        limits_admin.add_alert_channel(
+            conn,
+            owner,
+            SECRET,
+            organization_id=org_id,
+            kind="email",
+            target=f"alerts@{prefix}.example",
+        )
+        rule_id = health_rules.save_rule(
+            conn,
+            owner,
+            organization_id=org_id,
+            name=f"{prefix}-rule",
+            kind="error_rate",
+            provider=None,
+            threshold=Decimal("0.5"),
+            window_seconds=300,
+            min_requests=10,
+            cooldown_seconds=600,
+        )
+        prompt_templates.create_version(
+            conn,
+            org_id,
+            f"{prefix}-template",
+            "Say hello",
+            created_by=owner.username,
+            actor=owner,
+        )
+        now = datetime.now(UTC)
+        conn.execute(
+            insert(usage_events),
+            [
+                usage_row(
+                    f"{prefix}-call-{number}",
+                    now - timedelta(minutes=number),
+                    organization_id=org_id,
+                    team_id=team.id,
+                    key_id=key.id,
+                    project_id=project.id,
+                    model=f"{prefix}-model",
+                    prompt=10,
+                    completion=5,
+                    cost="0.25",
+                )
+                for number in range(3)
+            ],
+        )
+    return Tenant(prefix, owner, org_id, team.id, project.id, key.id, budget_id, rule_id)
+
+
+@pytest.fixture
+def tenants(engine: Engine) -> tuple[Tenant, Tenant]:
+    add_user(engine, "root", "owner")
+    with engine.begin() as conn:
+        signup.set_signup_enabled(conn, STAFF, True)
+    return seed_tenant(engine, "alpha"), seed_tenant(engine, "beta")
+
+
+def denied(engine: Engine, write, *, code: str | None = None) -> PermissionDeniedError:
+    """Run `write` in a rolled-back transaction and return the PermissionDeniedError it raises."""
+    with engine.begin() as conn, pytest.raises(PermissionDeniedError) as raised:
+        write(conn)
+    if code is not None:
+        assert raised.value.code == code
+    return raised.value
+
+
+# gateway_core
+
+
+def test_signup_creates_organization_user(engine: Engine, tenants) -> None:
+    alpha, beta = tenants
+    assert alpha.owner.organization_ids == frozenset({alpha.organization_id})
+    assert beta.owner.organization_ids == frozenset({beta.organization_id})
+    with engine.connect() as conn:
+        assert access.organization_ids_of(conn, "root") is None
+
+
+def test_other_keys_rejected(engine: Engine, tenants) -> None:
+    alpha, beta = tenants
+    intruder = beta.owner
+    denied(
+        engine,
+        lambda c: keys_admin.create_key(c, SECRET, intruder, team_id=alpha.team_id, name="x"),
+        code="organization_not_member",
+    )
+    denied(engine, lambda c: keys_admin.revoke_key(c, intruder, alpha.key_id))
+    denied(engine, lambda c: keys_admin.key_policy(c, intruder, alpha.key_id))
+    denied(engine, lambda c: keys_admin.set_key_policy(c, intruder, alpha.key_id, tags=["x"]))
+    with engine.connect() as conn:
+        visible = {team.id for team in keys_admin.visible_teams(conn, intruder)}
+        assert alpha.team_id not in visible
+        assert beta.team_id in visible
+        assert keys_admin.key_policy(conn, alpha.owner, alpha.key_id)["tags"] == []
+        assert keys_admin.key_policy(conn, STAFF, alpha.key_id)["tags"] == []
+
+
+def test_other_teams_projects_rejected(engine: Engine, tenants) -> None:
+    alpha, beta = tenants
+    intruder = beta.owner
+    denied(engine, lambda c: keys_admin.create_team(c, intruder, "sneaky", alpha.organization_id))
+    # Without an organization the team would go to the Default one, which is not theirs.
+    with engine.begin() as conn, pytest.raises(InvalidRequestError):
+        keys_admin.create_team(conn, intruder, "sneaky")
+    denied(engine, lambda c: limits_admin.add_project(c, intruder, team_id=alpha.team_id, name="x"))
+    with engine.begin() as conn:
+        team = keys_admin.create_team(conn, STAFF, "staff-team", alpha.organization_id)
+    assert team.organization_id == alpha.organization_id
+
+
+def test_other_budgets_limits_rejected(engine: Engine, tenants) -> None:
+    alpha, beta = tenants
+    intruder = beta.owner
+    for scope_type, scope_id in (
+        ("organization", alpha.organization_id),
+        ("team", alpha.team_id),
+        ("project", alpha.project_id),
+        ("key", alpha.key_id),
+    ):
+        denied(
+            engine,
+            lambda c, t=scope_type, i=scope_id: limits_admin.save_budget(
+                c, intruder, scope_type=t, scope_id=i, period="daily", limit_usd=Decimal(1)
+            ),
+        )
+        denied(
+            engine,
+            lambda c, t=scope_type, i=scope_id: limits_admin.set_rate_limits(
+                c, intruder, scope_type=t, scope_id=i, requests_per_minute=1
+            ),
+        )
+    denied(engine, lambda c: limits_admin.delete_budget(c, intruder, alpha.budget_id))
+    with engine.connect() as conn:
+        scopes = limits_admin.list_scopes(conn, intruder)
+        budget_ids = {budget.id for budget in limits_admin.list_budgets(conn, intruder)}
+    assert {scope.organization_id for scope in scopes} == {beta.organization_id}
+    assert budget_ids == {beta.budget_id}
+    with engine.begin() as conn:
+        assert limits_admin.delete_budget(conn, alpha.owner, alpha.budget_id) is True
+
+
+def test_other_channels_rules_rejected(engine: Engine, tenants) -> None:
+    alpha, beta = tenants
+    intruder = beta.owner
+    denied(
+        engine,
+        lambda c: limits_admin.add_alert_channel(
+            c,
+            intruder,
+            SECRET,
+            organization_id=alpha.organization_id,
+            kind="email",
+            target="x@example.com",
+        ),
+    )
+    denied(engine, lambda c: limits_admin.list_alert_channels(c, intruder, alpha.organization_id))
+    rule = {
+        "name": "moved",
+        "kind": "error_rate",
+        "provider": None,
+        "threshold": Decimal("0.1"),
+        "window_seconds": 60,
+        "min_requests": 1,
+        "cooldown_seconds": 60,
+    }
+    denied(
+        engine,
+        lambda c: health_rules.save_rule(
+            c, intruder, organization_id=alpha.organization_id, **rule
+        ),
+    )
+    # Moving the other organization's rule into one's own is rejected too.
+    denied(
+        engine,
+        lambda c: health_rules.save_rule(
+            c, intruder, rule_id=alpha.rule_id, organization_id=beta.organization_id, **rule
+        ),
+    )
+    denied(engine, lambda c: health_rules.delete_rule(c, intruder, alpha.rule_id))
+    with engine.connect() as conn:
+        rule_ids = {rule.id for rule in health_rules.visible_rules(conn, intruder)}
+        channels = limits_admin.list_alert_channels(conn, alpha.owner, alpha.organization_id)
+    assert rule_ids == {beta.rule_id}
+    assert [channel.target for channel in channels] == ["alerts@alpha.example"]
+
+
+def test_other_audit_rows_hidden(engine: Engine, tenants) -> None:
+    alpha, beta = tenants
+    with engine.connect() as conn:
+        beta_rows = audit_search.search(conn, beta.owner, AuditFilters())
+        beta_actors = audit_search.distinct_values(conn, beta.owner, "actor")
+        staff_actors = audit_search.distinct_values(conn, STAFF, "actor")
+        out = io.StringIO()
+        audit_search.write_csv(conn, beta.owner, AuditFilters(), out)
+    assert beta_rows
+    assert {row["actor"] for row in beta_rows} == {"beta@example.com"}
+    assert beta_actors == ["beta@example.com"]
+    assert "alpha@example.com" in staff_actors
+    assert "alpha@example.com" not in out.getvalue()
+    denied(engine, lambda c: audit_search.verify(c, beta.owner), code="installation_action")
+
+
+def test_other_usage_rejected(engine: Engine, database_url: str, tenants) -> None:
+    alpha, beta = tenants
+    intruder = beta.owner
+    denied(engine, lambda c: reports.scope_for_team(c, alpha.team_id, None, intruder))
+    with engine.connect() as conn:
+        own = reports.scope_for_team(conn, beta.team_id, None, intruder)
+    assert own.organization_id == beta.organization_id
+    con = analytics.connect(database_url)
+    try:
+        with con.cursor() as cursor:
+            listed = usage_stats.list_organizations(cursor, intruder)
+            assert [organization.id for organization in listed] == [beta.organization_id]
+            with pytest.raises(PermissionDeniedError):
+                usage_stats.organization_names(cursor, alpha.organization_id, intruder)
+            names = usage_stats.organization_names(cursor, beta.organization_id, intruder)
+            assert "beta-team" in names.teams.values()
+            now = datetime.now(UTC)
+            rows = analytics.usage_rows(
+                cursor,
+                start=now - timedelta(days=1),
+                end=now + timedelta(minutes=1),
+                organization_ids=intruder.organization_ids,
+            )
+            assert set(rows["request_id"]) == {f"beta-call-{n}" for n in range(3)}
+            over_time = analytics.usage_over_time(
+                cursor,
+                start=now - timedelta(days=1),
+                end=now + timedelta(minutes=1),
+                organization_ids=intruder.organization_ids,
+            )
+            assert int(over_time["requests"].sum()) == 3
+    finally:
+        con.close()
+    filters = ExplorerFilters(
+        start=datetime.now(UTC) - timedelta(days=1),
+        end=datetime.now(UTC),
+        organization_id=alpha.organization_id,
+    )
+    with pytest.raises(PermissionDeniedError):
+        explorer.require_filters(intruder, filters)
+    with pytest.raises(PermissionDeniedError):
+        explorer.require_filters(intruder, ExplorerFilters(start=filters.start, end=filters.end))
+    explorer.require_filters(alpha.owner, filters)
+
+
+def test_other_users_rejected(engine: Engine, tenants) -> None:
+    alpha, beta = tenants
+    intruder = beta.owner
+    with engine.connect() as conn:
+        alpha_id = conn.execute(
+            select(users.c.id).where(users.c.username == "alpha@example.com")
+        ).scalar_one()
+        root_id = conn.execute(select(users.c.id).where(users.c.username == "root")).scalar_one()
+        listed = {account.username for account in users_admin.list_accounts(conn, intruder)}
+    assert listed == {"beta@example.com"}
+    for user_id in (alpha_id, root_id):
+        denied(engine, lambda c, u=user_id: users_admin.reset_password(c, intruder, u))
+        denied(engine, lambda c, u=user_id: users_admin.set_disabled(c, intruder, u, True))
+        denied(engine, lambda c, u=user_id: users_admin.change_role(c, intruder, u, "viewer"))
+    denied(
+        engine,
+        lambda c: users_admin.invite_user(
+            c,
+            intruder,
+            "spy",
+            "spy@example.com",
+            "viewer",
+            "",
+            organization_id=alpha.organization_id,
+        ),
+    )
+    with engine.begin() as conn:
+        users_admin.invite_user(conn, intruder, "beta-viewer", "bv@example.com", "viewer", "")
+    with engine.connect() as conn:
+        invited = access.organization_ids_of(conn, "beta-viewer")
+        members = conn.execute(
+            select(organization_members.c.organization_id)
+            .join(users, users.c.id == organization_members.c.user_id)
+            .where(users.c.username == "beta-viewer")
+        ).all()
+    assert invited == frozenset({beta.organization_id})
+    assert len(members) == 1
+
+
+def test_installation_actions_rejected(engine: Engine, tenants) -> None:
+    alpha, beta = tenants
+    owner = beta.owner
+    code = "installation_action"
+    denied(
+        engine,
+        lambda c: keys_admin.create_organization(
+            c, owner, "Another", timezone="UTC", trial_usd=Decimal(0)
+        ),
+        code=code,
+    )
+    denied(engine, lambda c: signup.set_signup_enabled(c, owner, False), code=code)
+    denied(engine, lambda c: signup.approve_live_keys(c, owner, beta.organization_id), code=code)
+    denied(engine, lambda c: model_admin.save_alias(c, owner, owner.username, "a", "b"), code=code)
+    denied(engine, lambda c: model_admin.delete_route(c, owner, "a"), code=code)
+    assert model_admin.can_manage_models(owner) is False
+    assert model_admin.can_manage_models(STAFF) is True
+    with engine.begin() as conn:
+        assert signup.set_signup_enabled(conn, STAFF, False) is True
+        assert signup.approve_live_keys(conn, STAFF, alpha.organization_id) is True
+
+
+# Pages
+
+
+def page_text(at: AppTest) -> str:
+    """Return the visible text of a page: markdown, tables, widget labels and options."""
+    parts: list[str] = []
+    for element_type in (
+        "title",
+        "header",
+        "subheader",
+        "markdown",
+        "caption",
+        "text",
+        "info",
+        "success",
+        "warning",
+        "error",
+        "code",
+        "metric",
+    ):
+        for element in getattr(at, element_type):
+            parts.append(str(getattr(element, "value", "")))
+            parts.append(str(getattr(element, "label", "")))
+    for element in at.dataframe:
+        parts.append(element.value.to_string())
+    for element_type in ("selectbox", "multiselect", "radio"):
+        for element in getattr(at, element_type):
+            parts.extend(str(option) for option in element.options)
+            parts.append(str(element.value))
+    for chart in at.get("plotly_chart"):
+        parts.append(str(chart.proto.spec))
+    return "\n".join(parts)
+
+
+OWNER_PAGES = (
+    "keys",
+    "usage",
+    "budgets",
+    *ANALYTICS_PAGES,
+    "billing",
+    "users",
+    "health_alerts",
+    "audit",
+    "compare",
+    "sessions",
+)
+
+
+@pytest.mark.parametrize("prefix", ["alpha", "beta"])
+def test_owner_pages_show_own_only(cookies, engine: Engine, tenants, prefix) -> None:
+    own, other = tenants if prefix == "alpha" else tenants[::-1]
+    at = start_app()
+    sign_in(at, own.owner.username)
+    for page in OWNER_PAGES:
+        open_page(at, f"pages/{page}.py")
+        text = page_text(at)
+        for name in other.names():
+            assert name not in text, f"{page} page shows {name!r} of the other organization"
+    # Pages that list the organization's own objects show them, so the
+    # absence above is not an empty page.
+    for page, name in (
+        ("keys", f"{prefix}-key"),
+        ("budgets", f"{prefix}-team"),
+        ("health_alerts", f"{prefix}-rule"),
+        ("users", f"{prefix}@example.com"),
+        ("audit", f"{prefix}@example.com"),
+        ("overview", f"{prefix}-model"),
+        ("team_spend", f"{prefix}-team"),
+        ("explorer", f"{prefix}-key"),
+    ):
+        open_page(at, f"pages/{page}.py")
+        assert name in page_text(at), f"{page} page does not show {name!r}"
+
+
+def test_staff_pages_show_both(cookies, engine: Engine, tenants) -> None:
+    at = start_app()
+    test_app_pages.sign_in(at, "root")
+    for page, expected in (
+        ("keys", ["alpha-key", "beta-key"]),
+        ("budgets", ["alpha-team", "beta-team"]),
+        ("health_alerts", ["alpha-rule", "beta-rule"]),
+        ("users", ["alpha@example.com", "beta@example.com"]),
+    ):
+        open_page(at, f"pages/{page}.py")
+        text = page_text(at)
+        for name in expected:
+            assert name in text, f"{page} page does not show {name!r} to staff"
