@@ -21,8 +21,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway_core proxy pages tests bench app.py
-	$(BIN)/ruff format --check gateway_core proxy pages tests bench app.py
+	$(BIN)/ruff check gateway_core proxy pages tests bench app.py app_support.py
+	$(BIN)/ruff format --check gateway_core proxy pages tests bench app.py app_support.py
 
 # wrk (Debian package) drives the load; without it the benchmark falls back
 # to a slower Python load generator and says so in its report.
