@@ -11,7 +11,6 @@ not allow yet, and queues a key-created email in the caller's transaction.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 import secrets
@@ -59,7 +58,7 @@ class KeySummary:
 
 
 def hash_key(secret: bytes, key: str) -> bytes:
-    return hmac.new(secret, key.encode(), hashlib.sha256).digest()
+    return hmac.digest(secret, key.encode(), "sha256")
 
 
 def generate_key(mode: str) -> str:

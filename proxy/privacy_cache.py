@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -28,8 +29,13 @@ class PrivacyCache:
         self._redactors: dict[int, Redactor] = {}
         self._default = Redactor.build()
         self._loaded_at = float("-inf")
+        self._lock = asyncio.Lock()
 
     async def refresh(self) -> None:
+        async with self._lock:
+            await self._load()
+
+    async def _load(self) -> None:
         async with self._pool.connection(timeout=5.0) as conn:
             settings = await (await conn.execute(_SETTINGS)).fetchall()
             patterns = await (await conn.execute(_PATTERNS)).fetchall()
@@ -48,11 +54,17 @@ class PrivacyCache:
     async def logs_bodies(self, identity: KeyIdentity) -> bool:
         """Return whether this key's calls store bodies; the most specific setting wins."""
         if time.monotonic() - self._loaded_at > self._refresh_interval:
-            try:
-                await self.refresh()
-            except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
-                self._loaded_at = time.monotonic()
-                logger.warning("privacy settings not reloaded (%s); using the last ones", exc)
+            if self._lock.locked():
+                # Another request is reloading: wait for its result instead
+                # of sending the same queries again.
+                async with self._lock:
+                    pass
+            else:
+                try:
+                    await self.refresh()
+                except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
+                    self._loaded_at = time.monotonic()
+                    logger.warning("privacy settings not reloaded (%s); using the last ones", exc)
         for scope in scopes_of(identity):
             setting = self._log_bodies.get(scope)
             if setting is not None:

@@ -397,8 +397,9 @@ async def handle_call(request: Request, api: Endpoint) -> Response:
             ctx.request_body = body
         check_output_limit(body, routes)
         await gateway.recorder.wait_for_capacity()
-        reserve = max(gateway.max_cost(route, body, size) for route in routes)
-        ctx.reservation = await gateway.spend.reserve(ctx.identity, reserve)
+        ctx.reservation = await gateway.spend.reserve(
+            ctx.identity, lambda: max(gateway.max_cost(route, body, size) for route in routes)
+        )
         ctx.rate_ticket = await gateway.limiter.acquire(
             scopes_of(ctx.identity), estimated_tokens(body, size, routes[0].entry)
         )

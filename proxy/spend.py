@@ -23,7 +23,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, Decimal
@@ -187,6 +187,7 @@ class SpendGuard:
         self._limits_cache: dict[tuple[int, ...], tuple[list[Limit], datetime, datetime]] = {}
         self._task: asyncio.Task[None] | None = None
         self._loaded_at = float("-inf")
+        self._refresh_lock = asyncio.Lock()
         # Reservations made and not yet settled, for the metrics gauge.
         self.open_reservations = 0
 
@@ -203,6 +204,10 @@ class SpendGuard:
         await self._return_idle(force=True)
 
     async def refresh(self) -> None:
+        async with self._refresh_lock:
+            await self._load()
+
+    async def _load(self) -> None:
         async with self._pool.connection(timeout=5.0) as conn:
             budget_rows = await (await conn.execute(_LOAD_BUDGETS)).fetchall()
             metered_rows = await (await conn.execute(_LOAD_METERED)).fetchall()
@@ -267,14 +272,28 @@ class SpendGuard:
         self._limits_cache[cache_key] = (limits, valid_from, valid_until)
         return limits
 
-    async def reserve(self, identity: KeyIdentity, amount: Decimal) -> Reservation:
-        """Reserve `amount` against every limit of the key, or raise 402 naming one."""
+    async def reserve(self, identity: KeyIdentity, max_cost: Callable[[], Decimal]) -> Reservation:
+        """Reserve `max_cost()` against every limit of the key, or raise 402 naming one.
+
+        `max_cost` is called only when the key has a limit, because pricing
+        the largest possible call takes time that a key without one would waste.
+        """
         if time.monotonic() - self._loaded_at > self._refresh_interval:
-            try:
-                await self.refresh()
-            except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
-                logger.warning("budget settings not reloaded (%s); using the last ones", exc)
+            if self._refresh_lock.locked():
+                # Another request or the maintenance task is reloading: wait
+                # for its result instead of sending the same queries again.
+                async with self._refresh_lock:
+                    pass
+            else:
+                try:
+                    await self.refresh()
+                except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
+                    logger.warning("budget settings not reloaded (%s); using the last ones", exc)
         limits = self.limits_for(identity)
+        if not limits:
+            self.open_reservations += 1
+            return Reservation((), Decimal(0))
+        amount = max_cost()
         taken: list[Limit] = []
         try:
             for limit in limits:
@@ -306,7 +325,7 @@ class SpendGuard:
             return
         reservation.settled = True
         self.open_reservations -= 1
-        if cost > reservation.amount:
+        if cost > reservation.amount and reservation.limits:
             logger.warning(
                 "call cost $%s exceeded its reservation of $%s", cost, reservation.amount
             )

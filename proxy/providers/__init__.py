@@ -230,6 +230,11 @@ class ProviderRegistry:
 
     async def _refresh_if_stale(self) -> None:
         if time.monotonic() - self._loaded_at > self._refresh_interval:
+            if self._lock.locked():
+                # Another request is reloading: wait for its result instead
+                # of sending the same queries again.
+                async with self._lock:
+                    return
             try:
                 await self.refresh()
             except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
