@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import time
@@ -81,6 +82,8 @@ class KeyVerifier:
         # database cannot be reached.
         self._stale_grace = stale_grace
         self._cache: dict[bytes, tuple[float, KeyIdentity]] = {}
+        # Lookups in flight, by key digest.
+        self._pending: dict[bytes, asyncio.Future[KeyIdentity]] = {}
         self._listener: asyncio.Task[None] | None = None
 
     async def verify(self, token: str) -> KeyIdentity:
@@ -91,6 +94,26 @@ class KeyVerifier:
         now = time.monotonic()
         if cached is not None and cached[0] > now:
             return cached[1]
+        pending = self._pending.get(digest)
+        if pending is not None:
+            # Another request is looking this key up; share its result rather
+            # than sending the same query once per concurrent request.
+            return await asyncio.shield(pending)
+        lookup = asyncio.ensure_future(self._lookup(digest, cached, now))
+        self._pending[digest] = lookup
+        lookup.add_done_callback(functools.partial(self._lookup_done, digest))
+        return await asyncio.shield(lookup)
+
+    def _lookup_done(self, digest: bytes, lookup: asyncio.Future[KeyIdentity]) -> None:
+        del self._pending[digest]
+        # Every request that waited may have been cancelled; reading the
+        # error here keeps asyncio from logging it as never retrieved.
+        if not lookup.cancelled():
+            lookup.exception()
+
+    async def _lookup(
+        self, digest: bytes, cached: tuple[float, KeyIdentity] | None, now: float
+    ) -> KeyIdentity:
         try:
             async with self._pool.connection(timeout=5.0) as conn:
                 row = await (await conn.execute(_LOOKUP, (digest,))).fetchone()
