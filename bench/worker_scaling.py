@@ -6,7 +6,12 @@ database, behind the fast fake upstream (bench/upstream.py, one worker).
 wrk then sends non-streaming and streaming chat completions for
 `--duration` seconds at `--connections` clients, with the key that has no
 budgets or limits and with the key that has budgets, credits and rate
-limits. The report prints requests/s and the ratio to one worker.
+limits. The report prints requests/s, the ratio to one worker, and the
+CPU time that Gatewayz's processes (the uvicorn parent and its workers)
+spent per request. When that CPU time stays flat as workers are added, the
+workers do not slow each other down, and throughput is bounded by the free
+cores; the last column is the requests/s one fully busy core would serve
+at that cost.
 Usage: `python -m bench.worker_scaling [--duration S] [--max-workers N]`.
 """
 
@@ -21,6 +26,8 @@ import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
+
+import psutil
 
 from bench.load import LoadGenerator, LoadSpec
 from bench.proxy_overhead import (
@@ -66,10 +73,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """Return the user plus system CPU time of a process and its live children."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def measure_workers(
     args: argparse.Namespace, load: LoadGenerator, workdir: Path, upstream: Server, workers: int
-) -> dict[tuple[str, str], float]:
-    """Start Gatewayz with `workers` workers and return requests/s per (mode, key)."""
+) -> dict[tuple[str, str], tuple[float, float]]:
+    """Start Gatewayz with `workers` workers; return (requests/s, CPU µs/request) per point."""
     with ExitStack() as stack:
         database = BenchDatabase(args.postgres)
         stack.callback(database.drop)
@@ -95,19 +115,24 @@ def measure_workers(
             for name, token in zip(KEYS, tokens, strict=True):
                 progress(f"{workers} worker(s): {mode}, {name}")
                 spec = LoadSpec(url, request_body(mode), token, args.connections, args.duration)
+                cpu_before = tree_cpu_seconds(gatewayz.process.pid)
                 result = load.run(spec)
+                cpu_used = tree_cpu_seconds(gatewayz.process.pid) - cpu_before
                 if result.failed or result.socket_errors:
                     progress(
                         f"  error: {result.failed} non-200 responses, "
                         f"{result.socket_errors} socket errors"
                     )
-                rates[(mode, name)] = result.requests_per_second
+                cpu_per_request = cpu_used / result.sent * 1e6 if result.sent else 0.0
+                rates[(mode, name)] = (result.requests_per_second, cpu_per_request)
                 time.sleep(SETTLE_SECONDS)
         return rates
 
 
 def format_report(
-    args: argparse.Namespace, load: LoadGenerator, rates: dict[int, dict[tuple[str, str], float]]
+    args: argparse.Namespace,
+    load: LoadGenerator,
+    rates: dict[int, dict[tuple[str, str], tuple[float, float]]],
 ) -> str:
     lines = [
         "",
@@ -116,15 +141,20 @@ def format_report(
         f"load generator: {load.description}, {args.connections} connections, "
         f"{args.duration:g} s per point; upstream: one worker, {args.chunks} chunks per stream",
         "",
-        f"{'workers':>8}{'mode':>8}{'key':>12}{'req/s':>9}{'ratio to 1':>12}",
+        f"{'workers':>8}{'mode':>8}{'key':>12}{'req/s':>9}{'ratio to 1':>12}"
+        f"{'CPU µs/req':>12}{'req/s per core':>16}",
     ]
     for workers, by_point in rates.items():
         for mode in MODES:
             for name in KEYS:
-                rate = by_point[(mode, name)]
-                one = rates[1][(mode, name)]
+                rate, cpu = by_point[(mode, name)]
+                one = rates[1][(mode, name)][0]
                 ratio = rate / one if one else 0.0
-                lines.append(f"{workers:>8}{mode:>8}{name:>12}{rate:>9.0f}{ratio:>12.2f}")
+                per_core = 1e6 / cpu if cpu else 0.0
+                lines.append(
+                    f"{workers:>8}{mode:>8}{name:>12}{rate:>9.0f}{ratio:>12.2f}"
+                    f"{cpu:>12.0f}{per_core:>16.0f}"
+                )
     return "\n".join(lines)
 
 
