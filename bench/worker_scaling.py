@@ -9,9 +9,9 @@ budgets or limits and with the key that has budgets, credits and rate
 limits. The report prints requests/s, the ratio to one worker, and the
 CPU time that Gatewayz's processes (the uvicorn parent and its workers)
 spent per request. When that CPU time stays flat as workers are added, the
-workers do not slow each other down, and throughput is bounded by the free
-cores; the last column is the requests/s one fully busy core would serve
-at that cost.
+workers do not slow each other down, so throughput is bounded by the free
+cores. The last column is the requests/s that one fully busy core would
+serve at that cost.
 Usage: `python -m bench.worker_scaling [--duration S] [--max-workers N]`.
 """
 
@@ -89,7 +89,7 @@ def tree_cpu_seconds(pid: int) -> float:
 def measure_workers(
     args: argparse.Namespace, load: LoadGenerator, workdir: Path, upstream: Server, workers: int
 ) -> dict[tuple[str, str], tuple[float, float]]:
-    """Start Gatewayz with `workers` workers; return (requests/s, CPU µs/request) per point."""
+    """Start Gatewayz with `workers` workers and return (requests/s, CPU µs/request) per point."""
     with ExitStack() as stack:
         database = BenchDatabase(args.postgres)
         stack.callback(database.drop)
@@ -148,8 +148,8 @@ def format_report(
         for mode in MODES:
             for name in KEYS:
                 rate, cpu = by_point[(mode, name)]
-                one = rates[1][(mode, name)][0]
-                ratio = rate / one if one else 0.0
+                one_worker = rates[1][(mode, name)][0]
+                ratio = rate / one_worker if one_worker else 0.0
                 per_core = 1e6 / cpu if cpu else 0.0
                 lines.append(
                     f"{workers:>8}{mode:>8}{name:>12}{rate:>9.0f}{ratio:>12.2f}"
