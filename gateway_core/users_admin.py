@@ -313,15 +313,16 @@ def set_team_membership(
             f"invalid team role {team_role!r}, expected one of {', '.join(TEAM_ROLES)}",
             param="team_role",
         )
+    # An organization user gets the same errors for a team or user of
+    # another organization as for a missing one.
+    access.require_team(
+        conn, actor, team_id, "teams.members", not_found=f"no team with id {team_id}"
+    )
+    _require_user_in_scope(conn, actor, user_id, "teams.members")
     account = _account(conn, user_id)
     team_name = conn.execute(select(teams.c.name).where(teams.c.id == team_id)).scalar_one_or_none()
     if team_name is None:
         raise NotFoundError(f"no team with id {team_id}")
-    if not actor.is_staff:
-        _require_user_in_scope(conn, actor, user_id, "teams.members")
-        access.require_organization(
-            actor, access.organization_of_team(conn, team_id), "teams.members"
-        )
     before = conn.execute(
         select(team_members.c.role).where(
             team_members.c.user_id == user_id, team_members.c.team_id == team_id
