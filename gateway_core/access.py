@@ -58,7 +58,10 @@ PERMISSIONS: Mapping[str, frozenset[str]] = MappingProxyType(
         "audit.read": _FINANCE,
         "usage.read": ALL_ROLES,
         "reports.read": ALL_ROLES,
+        # Reading and paying for one organization's credit, plan and coupons.
         "billing.manage": _FINANCE,
+        # Plans, coupons and the email outbox, which serve every organization.
+        "billing.configure": _OWNER_ADMIN,
         # Switching self-service sign-up and approving live keys.
         "signup.manage": _OWNER_ADMIN,
         # Sends prompts to upstream models, which costs money.
@@ -70,7 +73,13 @@ PERMISSIONS: Mapping[str, frozenset[str]] = MappingProxyType(
 )
 # Actions that change every organization, so organization users are rejected.
 INSTALLATION_ACTIONS = frozenset(
-    {"organizations.create", "models.manage", "providers.manage", "signup.manage"}
+    {
+        "organizations.create",
+        "models.manage",
+        "providers.manage",
+        "signup.manage",
+        "billing.configure",
+    }
 )
 # Roles whose allowed actions apply only to teams they administer.
 TEAM_SCOPED_ROLES = frozenset({"team_admin"})

@@ -22,11 +22,14 @@ from gateway_core import (
     access,
     analytics,
     audit_search,
+    billing,
+    email_outbox,
     explorer,
     health_rules,
     keys_admin,
     limits_admin,
     model_admin,
+    promotions,
     prompt_templates,
     reports,
     signup,
@@ -35,6 +38,7 @@ from gateway_core import (
 )
 from gateway_core.access import Actor
 from gateway_core.audit_search import AuditFilters
+from gateway_core.billing import Billing, BillingSettings
 from gateway_core.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from gateway_core.explorer import ExplorerFilters
 from gateway_core.schema import organization_members, usage_events, users
@@ -245,6 +249,7 @@ def test_other_teams_projects_not_found(engine: Engine, tenants) -> None:
         lambda c, team: limits_admin.add_project(c, intruder, team_id=team, name="x"),
         alpha.team_id,
     )
+
     hidden(
         engine,
         lambda c, project: limits_admin.save_budget(
@@ -321,6 +326,7 @@ def test_other_channels_rules_hidden(engine: Engine, tenants) -> None:
         alpha.organization_id,
     )
     denied(engine, lambda c: limits_admin.list_alert_channels(c, intruder, alpha.organization_id))
+
     rule = {
         "name": "moved",
         "kind": "error_rate",
@@ -355,6 +361,110 @@ def test_other_channels_rules_hidden(engine: Engine, tenants) -> None:
     assert rule_ids == {beta.rule_id}
     assert alpha_rule_ids == {alpha.rule_id}
     assert [channel.target for channel in channels] == ["alerts@alpha.example"]
+
+
+# Every gateway_core function that reads one organization's billing.
+BILLING_READS = (
+    lambda conn, org_id, actor: billing.credit_balance(conn, org_id, actor),
+    lambda conn, org_id, actor: billing.ledger_history(conn, org_id, actor),
+    lambda conn, org_id, actor: billing.list_payments(conn, org_id, actor),
+    lambda conn, org_id, actor: billing.list_invoices(conn, org_id, actor),
+    lambda conn, org_id, actor: billing.plan_state(conn, org_id, actor),
+    lambda conn, org_id, actor: billing.stripe_customer_of(conn, org_id, actor),
+    lambda conn, org_id, actor: signup.live_keys_allowed(conn, org_id, actor),
+)
+
+
+def test_other_billing_rejected(engine: Engine, tenants) -> None:
+    alpha, beta = tenants
+    intruder = beta.owner
+    code = "organization_not_member"
+    for read in BILLING_READS:
+        denied(engine, lambda c, r=read: r(c, alpha.organization_id, intruder), code=code)
+
+    with engine.begin() as conn:
+        promotions.create_coupon(conn, "SHARED", Decimal(3), actor=STAFF)
+    denied(
+        engine,
+        lambda c: promotions.redeem_coupon(c, alpha.organization_id, "SHARED", intruder),
+        code=code,
+    )
+    denied(
+        engine,
+        lambda c: promotions.referral_code_for(c, alpha.organization_id, intruder),
+        code=code,
+    )
+
+    # The check comes before any Stripe request, so this address is never contacted.
+    service = Billing(
+        BillingSettings(
+            api_key="sk_test_x", webhook_secret="whsec_x", api_base="http://127.0.0.1:9"
+        )
+    )
+    url = "http://127.0.0.1:8501/billing"
+    org_id = alpha.organization_id
+    denied(
+        engine,
+        lambda c: service.create_topup_session(c, org_id, Decimal(10), url, url, intruder),
+        code=code,
+    )
+    denied(
+        engine,
+        lambda c: service.create_plan_session(c, org_id, "price_x", url, url, intruder),
+        code=code,
+    )
+    denied(engine, lambda c: service.create_portal_session(c, org_id, url, intruder), code=code)
+
+    # The organization's own owner reads and redeems.
+    with engine.begin() as conn:
+        balance, history, payments, invoices, plan, customer, live = (
+            read(conn, org_id, alpha.owner) for read in BILLING_READS
+        )
+        assert promotions.redeem_coupon(conn, org_id, "SHARED", alpha.owner) == Decimal(3)
+        assert promotions.referral_code_for(conn, org_id, alpha.owner)
+    assert balance == Decimal(10)
+    assert [entry.kind for entry in history] == ["trial"]
+    assert payments == []
+    assert invoices == []
+    assert plan is None
+    assert customer is None
+    assert live is False
+
+
+def test_billing_role_checked_in_own_org(engine: Engine, tenants) -> None:
+    alpha, _ = tenants
+    org_ids = frozenset({alpha.organization_id})
+    viewer = Actor("alpha-viewer", "viewer", organization_ids=org_ids)
+    finance = Actor("alpha-billing", "billing", organization_ids=org_ids)
+    denied(
+        engine,
+        lambda c: billing.list_payments(c, alpha.organization_id, viewer),
+        code="action_not_allowed",
+    )
+    with engine.connect() as conn:
+        assert billing.list_payments(conn, alpha.organization_id, finance) == []
+
+
+def test_billing_settings_staff_only(engine: Engine, tenants) -> None:
+    _, beta = tenants
+    owner = beta.owner
+    code = "installation_action"
+    denied(engine, lambda c: billing.save_plan(c, "price_pro", "Pro", Decimal(5), owner), code=code)
+    denied(
+        engine, lambda c: promotions.create_coupon(c, "MINE", Decimal(5), actor=owner), code=code
+    )
+    denied(engine, lambda c: promotions.list_coupons(c, owner), code=code)
+    denied(
+        engine,
+        lambda c: signup.save_settings(c, signup.SelfServiceSettings(signup_enabled=True), owner),
+        code=code,
+    )
+    denied(engine, lambda c: email_outbox.list_emails(c, owner), code=code)
+    with engine.begin() as conn:
+        assert billing.save_plan(conn, "price_pro", "Pro", Decimal(5), STAFF).name == "Pro"
+        promotions.create_coupon(conn, "STAFF", Decimal(5), actor=STAFF)
+        assert [coupon.code for coupon in promotions.list_coupons(conn, STAFF)] == ["STAFF"]
+        assert email_outbox.list_emails(conn, STAFF)
 
 
 def test_other_audit_rows_hidden(engine: Engine, tenants) -> None:
