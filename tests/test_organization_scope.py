@@ -566,6 +566,50 @@ def test_other_users_rejected(engine: Engine, tenants) -> None:
     assert len(members) == 1
 
 
+def user_id_of(engine: Engine, username: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(users.c.id).where(users.c.username == username)).scalar_one()
+
+
+def test_last_owner_kept_per_organization(engine: Engine, tenants) -> None:
+    alpha, beta = tenants
+    alpha_owner = user_id_of(engine, alpha.owner.username)
+    # Staff owners and beta's owner exist, but alpha's owner is alpha's only one.
+    for change in (
+        lambda c: users_admin.change_role(c, STAFF, alpha_owner, "admin"),
+        lambda c: users_admin.set_disabled(c, STAFF, alpha_owner, True),
+    ):
+        with engine.begin() as conn, pytest.raises(InvalidRequestError) as raised:
+            change(conn)
+        assert raised.value.code == "last_owner"
+        assert f"organization {alpha.organization_id}" in raised.value.message
+    with engine.begin() as conn:
+        users_admin.invite_user(
+            conn,
+            STAFF,
+            "alpha-second",
+            "second@alpha.example",
+            "owner",
+            "",
+            organization_id=alpha.organization_id,
+        )
+    with engine.begin() as conn:
+        assert users_admin.change_role(conn, STAFF, alpha_owner, "admin") is True
+
+
+def test_last_staff_owner_kept(engine: Engine, tenants) -> None:
+    root = user_id_of(engine, "root")
+    # Organization owners exist, but root is the only staff owner.
+    with engine.begin() as conn, pytest.raises(InvalidRequestError) as raised:
+        users_admin.change_role(conn, STAFF, root, "admin")
+    assert raised.value.code == "last_owner"
+    assert "installation staff" in raised.value.message
+    with engine.begin() as conn:
+        users_admin.invite_user(conn, STAFF, "ops", "ops@example.com", "owner", "")
+    with engine.begin() as conn:
+        assert users_admin.change_role(conn, STAFF, root, "admin") is True
+
+
 def test_installation_actions_rejected(engine: Engine, tenants) -> None:
     alpha, beta = tenants
     owner = beta.owner
