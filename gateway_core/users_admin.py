@@ -121,7 +121,7 @@ def _keep_an_owner(conn: Connection, user_id: int, account: dict[str, Any]) -> N
     The groups are each organization the user is a member of, or, for a
     staff user, the installation staff (users in no organization). Locking
     every enabled owner row of the group makes two concurrent demotions of
-    its last two owners wait for each other, so the second sees one owner left.
+    its last two owners wait for each other, so the second finds one owner left.
     """
     if account["role"] != "owner" or account["disabled"]:
         return

@@ -719,3 +719,33 @@ def test_staff_pages_show_both(cookies, engine: Engine, tenants) -> None:
         text = page_text(at)
         for name in expected:
             assert name in text, f"{page} page does not show {name!r} to staff"
+
+
+def test_staff_invite_into_organization(cookies, engine: Engine, tenants) -> None:
+    alpha, _ = tenants
+    at = start_app()
+    test_app_pages.sign_in(at, "root")
+    open_page(at, "pages/users.py")
+    picker = at.selectbox(key="invite_organization")
+    assert picker.options == ["None (installation staff)", "alpha Labs", "beta Labs"]
+    assert picker.value is None
+
+    at.text_input(key="invite_username").input("alpha-analyst")
+    at.text_input(key="invite_email").input("analyst@alpha.example")
+    at.selectbox(key="invite_organization").set_value(alpha.organization_id)
+    test_app_pages.click(at, "Invite user")
+
+    assert any("into alpha Labs" in message.value for message in at.success)
+    with engine.connect() as conn:
+        organization_ids = access.organization_ids_of(conn, "alpha-analyst")
+    assert organization_ids == frozenset({alpha.organization_id})
+
+
+def test_owner_invite_picker_own_only(cookies, engine: Engine, tenants) -> None:
+    alpha, _ = tenants
+    at = start_app()
+    sign_in(at, alpha.owner.username)
+    open_page(at, "pages/users.py")
+    picker = at.selectbox(key="invite_organization")
+    assert picker.options == ["alpha Labs"]
+    assert picker.disabled
