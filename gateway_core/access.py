@@ -11,6 +11,11 @@ lists them. A user with no such row is installation staff, with
 `organization_ids` None, and acts on every organization. Only staff take the
 actions in `INSTALLATION_ACTIONS`, which change the whole installation.
 
+An organization user who names a team, project, key, budget scope or rule
+of another organization gets the NotFoundError that a missing id gets, so
+errors do not reveal which ids exist elsewhere. A role that may not take
+the action still gets PermissionDeniedError, checked before the lookup.
+
 A `team_admin` user acts only on the teams where their `team_members` row
 has the team role "admin". Every other role that an action allows acts on
 every team of the organizations the user may act on.
@@ -25,7 +30,7 @@ from types import MappingProxyType
 from sqlalchemy import Connection, select
 
 from gateway_core.directory import ROLES
-from gateway_core.errors import PermissionDeniedError
+from gateway_core.errors import NotFoundError, PermissionDeniedError
 from gateway_core.schema import api_keys, organization_members, projects, team_members, teams, users
 
 ALL_ROLES = frozenset(ROLES)
@@ -53,7 +58,10 @@ PERMISSIONS: Mapping[str, frozenset[str]] = MappingProxyType(
         "audit.read": _FINANCE,
         "usage.read": ALL_ROLES,
         "reports.read": ALL_ROLES,
+        # Reading and paying for one organization's credit, plan and coupons.
         "billing.manage": _FINANCE,
+        # Plans, coupons and the email outbox, which serve every organization.
+        "billing.configure": _OWNER_ADMIN,
         # Switching self-service sign-up and approving live keys.
         "signup.manage": _OWNER_ADMIN,
         # Sends prompts to upstream models, which costs money.
@@ -65,7 +73,13 @@ PERMISSIONS: Mapping[str, frozenset[str]] = MappingProxyType(
 )
 # Actions that change every organization, so organization users are rejected.
 INSTALLATION_ACTIONS = frozenset(
-    {"organizations.create", "models.manage", "providers.manage", "signup.manage"}
+    {
+        "organizations.create",
+        "models.manage",
+        "providers.manage",
+        "signup.manage",
+        "billing.configure",
+    }
 )
 # Roles whose allowed actions apply only to teams they administer.
 TEAM_SCOPED_ROLES = frozenset({"team_admin"})
@@ -144,11 +158,18 @@ def administered_team_ids(conn: Connection, username: str) -> frozenset[int]:
     return frozenset(rows.scalars())
 
 
-def require_team(conn: Connection, actor: Actor, team_id: int, action: str) -> None:
-    """Raise PermissionDeniedError unless the actor may take `action` on this team."""
-    require_actor(actor, action)
-    if not actor.is_staff:
-        require_organization(actor, organization_of_team(conn, team_id), action)
+def require_team(
+    conn: Connection, actor: Actor, team_id: int, action: str, not_found: str | None = None
+) -> None:
+    """Raise PermissionDeniedError unless the actor may take `action` on this team.
+
+    For an organization user, a team that does not exist or is in another
+    organization raises NotFoundError with `not_found`, by default
+    "team ID not found". Staff pass for a missing team, so the caller's own
+    lookup reports it.
+    """
+    message = f"team {team_id} not found" if not_found is None else not_found
+    require_object(actor, organization_of_team(conn, team_id), action, message)
     if actor.role not in TEAM_SCOPED_ROLES:
         return
     if team_id not in administered_team_ids(conn, actor.username):
@@ -210,6 +231,23 @@ def require_organization(actor: Actor, organization_id: int | None, action: str)
     )
 
 
+def require_object(actor: Actor, organization_id: int | None, action: str, not_found: str) -> None:
+    """Check the actor's role, then that an object is in one of the actor's organizations.
+
+    `organization_id` is the object's organization, or None when the object
+    does not exist. Raises PermissionDeniedError when the role may not take
+    `action`. Raises NotFoundError with the message `not_found` when an
+    organization user names a missing object or one outside their
+    organizations, so the error does not reveal which ids other
+    organizations use. Staff pass for any object, including a missing one,
+    so the caller's own lookup reports it.
+    """
+    require_actor(actor, action)
+    if actor.is_staff or actor.may_see(organization_id):
+        return
+    raise NotFoundError(not_found)
+
+
 def organization_of_team(conn: Connection, team_id: int) -> int | None:
     """Return the organization of a team, or None when the team does not exist."""
     return conn.execute(
@@ -253,14 +291,13 @@ def require_scope(
 ) -> None:
     """Raise PermissionDeniedError unless the actor may take `action` on the scope's organization.
 
-    A scope that does not exist passes for staff, so the caller's own check
-    reports it as not found.
+    For an organization user, a missing scope or one in another
+    organization raises NotFoundError "SCOPE_TYPE ID not found", the message
+    of `limits_admin.find_scope`. Staff pass for a missing scope, so the
+    caller's own check reports it.
     """
     organization_id = organization_of_scope(conn, scope_type, scope_id)
-    if organization_id is None and actor.is_staff:
-        require_actor(actor, action)
-        return
-    require_organization(actor, organization_id, action)
+    require_object(actor, organization_id, action, f"{scope_type} {scope_id} not found")
 
 
 def organization_member_names(conn: Connection, organization_ids: frozenset[int]) -> list[str]:

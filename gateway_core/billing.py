@@ -14,6 +14,13 @@ events are handled in `gateway_core.billing_events`.
 A plan is a Stripe subscription to a price listed in `billing_plans`. Each
 paid invoice grants the plan's monthly allowance as a `grant` ledger entry
 that expires at the end of the invoiced period.
+
+Functions that read or change one organization's billing take an `actor`
+and check `billing.manage` in that organization (access.require_organization).
+Saving plans is `billing.configure`, which only installation staff take.
+A bare role string is an installation-wide principal, as the command line
+uses. Webhook events take no actor, because the Stripe signature
+authenticates them.
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ import stripe
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from gateway_core import billing_events, ledger
+from gateway_core import access, billing_events, ledger
+from gateway_core.access import Actor
 from gateway_core.billing_events import CURRENCY, EventOutcome, PaymentReceipt
 from gateway_core.config import ConfigError
 from gateway_core.errors import InvalidRequestError, NotFoundError
@@ -255,7 +263,7 @@ class Billing:
         amount: Decimal,
         success_url: str,
         cancel_url: str,
-        actor: str,
+        actor: Actor | str,
     ) -> TopupSession:
         """Create a Checkout Session for a credit top-up and record it as pending.
 
@@ -263,6 +271,7 @@ class Billing:
         transaction then rolls back, the session is never shown to anyone,
         expires unpaid after 24 hours, and its events are ignored.
         """
+        username = require_billing(actor, org_id)
         amount = self.check_topup_amount(amount)
         _check_return_url("success_url", success_url)
         _check_return_url("cancel_url", cancel_url)
@@ -296,13 +305,13 @@ class Billing:
                 amount=amount,
                 currency=CURRENCY,
                 status="pending",
-                created_by=actor,
+                created_by=username,
             )
             .returning(payments.c.id)
         ).scalar_one()
         logger.info(
             "user %s created checkout session %s (payment %d) for %s dollars for organization %d",
-            actor,
+            username,
             session.id,
             payment_id,
             amount,
@@ -317,9 +326,10 @@ class Billing:
         price_id: str,
         success_url: str,
         cancel_url: str,
-        actor: str,
+        actor: Actor | str,
     ) -> str:
         """Create a Checkout Session that subscribes the organization to a plan; return its URL."""
+        username = require_billing(actor, org_id)
         if get_plan(conn, price_id) is None:
             raise NotFoundError(f"no billing plan with Stripe price {price_id!r}")
         _check_return_url("success_url", success_url)
@@ -337,16 +347,19 @@ class Billing:
         )
         logger.info(
             "user %s created plan checkout session %s for organization %d",
-            actor,
+            username,
             session.id,
             org_id,
         )
         return session.url or ""
 
-    def create_portal_session(self, conn: Connection, org_id: int, return_url: str) -> str:
+    def create_portal_session(
+        self, conn: Connection, org_id: int, return_url: str, actor: Actor | str
+    ) -> str:
         """Create a Stripe customer portal session and return its URL."""
+        require_billing(actor, org_id)
         _check_return_url("return_url", return_url)
-        customer = stripe_customer_of(conn, org_id)
+        customer = _stripe_customer(conn, org_id)
         if customer is None:
             raise NotFoundError(
                 f"organization {org_id} has no Stripe customer yet; make a first top-up"
@@ -377,7 +390,7 @@ class Billing:
         ).scalar_one_or_none()
         if name is None:
             raise NotFoundError(f"organization {org_id} not found")
-        existing = stripe_customer_of(conn, org_id)
+        existing = _stripe_customer(conn, org_id)
         if existing is not None:
             return existing
         # Stripe keeps idempotency keys for 24 hours, so a retry after a
@@ -406,7 +419,20 @@ def _check_return_url(name: str, value: str) -> None:
         )
 
 
-def stripe_customer_of(conn: Connection, org_id: int) -> str | None:
+def require_billing(actor: Actor | str, org_id: int) -> str:
+    """Check that the actor may manage the organization's billing, and return its username."""
+    principal = access.as_actor(actor)
+    access.require_organization(principal, org_id, "billing.manage")
+    return principal.username
+
+
+def stripe_customer_of(conn: Connection, org_id: int, actor: Actor | str) -> str | None:
+    """Return the organization's Stripe customer id, or None before its first checkout."""
+    require_billing(actor, org_id)
+    return _stripe_customer(conn, org_id)
+
+
+def _stripe_customer(conn: Connection, org_id: int) -> str | None:
     return conn.execute(
         select(billing_accounts.c.stripe_customer_id).where(
             billing_accounts.c.organization_id == org_id
@@ -415,9 +441,14 @@ def stripe_customer_of(conn: Connection, org_id: int) -> str | None:
 
 
 def save_plan(
-    conn: Connection, price_id: str, name: str, monthly_allowance: Decimal, actor: str
+    conn: Connection, price_id: str, name: str, monthly_allowance: Decimal, actor: Actor | str
 ) -> Plan:
-    """Insert or update the plan for a Stripe recurring price."""
+    """Insert or update the plan for a Stripe recurring price.
+
+    Plans are offered to every organization, so only staff save them.
+    """
+    principal = access.as_actor(actor)
+    access.require_actor(principal, "billing.configure")
     price_id = price_id.strip()
     name = name.strip()
     if not price_id.startswith("price_"):
@@ -430,10 +461,14 @@ def save_plan(
         monthly_allowance = ledger.validate_amount(monthly_allowance)
     if monthly_allowance < 0:
         raise InvalidRequestError("monthly allowance must not be negative", param="allowance")
-    values = {"name": name, "monthly_allowance": monthly_allowance, "created_by": actor}
+    values = {
+        "name": name,
+        "monthly_allowance": monthly_allowance,
+        "created_by": principal.username,
+    }
     statement = pg_insert(billing_plans).values(stripe_price_id=price_id, **values)
     conn.execute(statement.on_conflict_do_update(index_elements=["stripe_price_id"], set_=values))
-    logger.info("user %s saved plan %s (%s)", actor, price_id, name)
+    logger.info("user %s saved plan %s (%s)", principal.username, price_id, name)
     return Plan(price_id, name, monthly_allowance)
 
 
@@ -459,8 +494,25 @@ def list_plans(conn: Connection) -> list[Plan]:
     return [Plan(*row) for row in rows]
 
 
-def list_payments(conn: Connection, org_id: int, limit: int = 50) -> list[Payment]:
+def credit_balance(conn: Connection, org_id: int, actor: Actor | str) -> Decimal | None:
+    """Return the organization's credit balance, or None if it is not credit-metered."""
+    require_billing(actor, org_id)
+    return ledger.balance(conn, "organization", org_id)
+
+
+def ledger_history(
+    conn: Connection, org_id: int, actor: Actor | str, limit: int = 100
+) -> list[ledger.LedgerEntry]:
+    """Return the organization's latest credit ledger entries, newest first."""
+    require_billing(actor, org_id)
+    return ledger.history(conn, "organization", org_id, limit=limit)
+
+
+def list_payments(
+    conn: Connection, org_id: int, actor: Actor | str, limit: int = 50
+) -> list[Payment]:
     """Return the organization's latest top-ups, newest first."""
+    require_billing(actor, org_id)
     rows = conn.execute(
         select(
             payments.c.id,
@@ -481,8 +533,11 @@ def list_payments(conn: Connection, org_id: int, limit: int = 50) -> list[Paymen
     return [Payment(*row) for row in rows]
 
 
-def list_invoices(conn: Connection, org_id: int, limit: int = 50) -> list[Invoice]:
+def list_invoices(
+    conn: Connection, org_id: int, actor: Actor | str, limit: int = 50
+) -> list[Invoice]:
     """Return the organization's latest plan invoices, newest first."""
+    require_billing(actor, org_id)
     rows = conn.execute(
         select(
             billing_invoices.c.stripe_invoice_id,
@@ -501,8 +556,9 @@ def list_invoices(conn: Connection, org_id: int, limit: int = 50) -> list[Invoic
     return [Invoice(*row) for row in rows]
 
 
-def plan_state(conn: Connection, org_id: int) -> PlanState | None:
+def plan_state(conn: Connection, org_id: int, actor: Actor | str) -> PlanState | None:
     """Return the organization's plan as the latest Stripe events describe it."""
+    require_billing(actor, org_id)
     row = conn.execute(
         select(
             billing_subscriptions.c.stripe_subscription_id,

@@ -75,7 +75,7 @@ def send_emails(engine: Engine) -> int:
 
 def run_emails(args: argparse.Namespace, conn: Connection) -> int:
     if args.action == "list":
-        for email in email_outbox.list_emails(conn, args.limit):
+        for email in email_outbox.list_emails(conn, operator(), args.limit):
             print(
                 f"{email.id}\t{email.created_at:%Y-%m-%d %H:%M}\t{email.template}\t"
                 f"{email.recipient}\t{email.status}\tattempts={email.attempts}\t"

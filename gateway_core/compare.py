@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 from sqlalchemy import Connection, select
 
-from gateway_core import audit, model_routes
+from gateway_core import access, audit, model_routes
+from gateway_core.access import Actor
 from gateway_core.compare_report import (
     MAX_BATCH_PROMPTS,
     cells_frame,
@@ -304,25 +305,34 @@ def _run_and_record(
             logger.info("comparison run %d %s", run_id, status)
 
 
-def set_winner_alias(conn: Connection, alias: str, model: str, actor: str) -> None:
+def set_winner_alias(conn: Connection, alias: str, model: str, actor: Actor | str) -> None:
     """Point a model alias at a comparison's winning model, with an audit entry and log line.
 
-    The audit entry is written in the caller's transaction, so it commits or
-    rolls back with the alias.
+    An alias routes requests of every organization, so this needs
+    `models.manage`, which only installation staff take. A bare role string
+    is an installation-wide principal (see access.as_actor). The audit entry
+    is written in the caller's transaction, so it commits or rolls back with
+    the alias.
     """
+    principal = access.as_actor(actor)
+    access.require_actor(principal, "models.manage")
     before = conn.execute(
         select(model_routes_table.c.target).where(model_routes_table.c.name == alias)
     ).scalar_one_or_none()
-    model_routes.set_alias(conn, alias, model, actor)
+    model_routes.set_alias(conn, alias, model, principal.username)
     audit.record(
         conn,
-        actor=actor,
+        actor=principal.username,
         action="model_alias.set",
         object_type="model_alias",
         object_id=alias,
         before=None if before is None else {"target": before},
         after={"target": model, "reason": "model comparison winner"},
+        client_address=principal.client_address,
     )
     audit_logger.info(
-        "user %s pointed alias %r at %s after a model comparison", actor, alias, model
+        "user %s pointed alias %r at %s after a model comparison",
+        principal.username,
+        alias,
+        model,
     )

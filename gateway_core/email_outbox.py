@@ -29,7 +29,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from gateway_core import emails
+from gateway_core import access, emails
+from gateway_core.access import Actor
 from gateway_core.config import ConfigError
 from gateway_core.schema import (
     alert_channels,
@@ -319,8 +320,12 @@ def _queue_low_balance(
     )
 
 
-def list_emails(conn: Connection, limit: int = 100) -> list[OutboxEmail]:
-    """Return the newest outbox rows, without their bodies."""
+def list_emails(conn: Connection, actor: Actor | str, limit: int = 100) -> list[OutboxEmail]:
+    """Return the newest outbox rows, without their bodies.
+
+    The outbox contains every organization's emails, so only staff list it.
+    """
+    access.require_actor(access.as_actor(actor), "billing.configure")
     columns = [getattr(email_outbox.c, name) for name in OutboxEmail.__dataclass_fields__]
     rows = conn.execute(select(*columns).order_by(email_outbox.c.id.desc()).limit(limit))
     return [OutboxEmail(*row) for row in rows]

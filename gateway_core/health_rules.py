@@ -125,6 +125,18 @@ def get_rule(conn: Connection, rule_id: int) -> HealthRule:
     raise NotFoundError(f"health alert rule {rule_id} not found")
 
 
+def _require_rule(conn: Connection, actor: access.Actor, rule_id: int) -> HealthRule:
+    """Return a rule the actor may manage.
+
+    A rule of another organization raises the NotFoundError of a missing rule.
+    """
+    rule = get_rule(conn, rule_id)
+    access.require_object(
+        actor, rule.organization_id, "alerts.manage", f"health alert rule {rule_id} not found"
+    )
+    return rule
+
+
 def save_rule(
     conn: Connection,
     actor: access.Actor,
@@ -147,7 +159,7 @@ def save_rule(
     """
     access.require_organization(actor, organization_id, "alerts.manage")
     if rule_id is not None:
-        access.require_organization(actor, get_rule(conn, rule_id).organization_id, "alerts.manage")
+        _require_rule(conn, actor, rule_id)
     provider = (provider or "").strip() or None
     check_rule(
         name=name,
@@ -194,12 +206,11 @@ def delete_rule(conn: Connection, actor: access.Actor, rule_id: int) -> bool:
 
     Returns False when the rule was already gone.
     """
-    access.require(actor.role, "alerts.manage")
+    access.require_actor(actor, "alerts.manage")
     try:
-        rule = get_rule(conn, rule_id)
+        rule = _require_rule(conn, actor, rule_id)
     except NotFoundError:
         return False
-    access.require_organization(actor, rule.organization_id, "alerts.manage")
     before = asdict(rule)
     conn.execute(delete(health_alert_rules).where(health_alert_rules.c.id == rule_id))
     _record(conn, actor, "health_rule.delete", rule_id, before, None)

@@ -153,20 +153,30 @@ def _key_row(conn: Connection, key_id: int) -> Any:
     return row
 
 
+def _require_key(conn: Connection, actor: Actor, key_id: int, team_id: int, action: str) -> None:
+    """Check the actor may take `action` on the key of `team_id`.
+
+    A key of another organization raises the NotFoundError of a missing key.
+    """
+    access.require_team(conn, actor, team_id, action, not_found=f"no API key with id {key_id}")
+
+
 def key_policy(conn: Connection, actor: Actor, key_id: int) -> dict[str, Any]:
     """Return a key's restrictions, keyed by keys.POLICY_FIELDS, for a team the actor manages."""
+    access.require_actor(actor, "keys.policy")
     columns = [api_keys.c.team_id, *(api_keys.c[field] for field in keys.POLICY_FIELDS)]
     row = conn.execute(select(*columns).where(api_keys.c.id == key_id)).first()
     if row is None:
         raise NotFoundError(f"no API key with id {key_id}")
-    access.require_team(conn, actor, row.team_id, "keys.policy")
+    _require_key(conn, actor, key_id, row.team_id, "keys.policy")
     return {field: row._mapping[field] for field in keys.POLICY_FIELDS}
 
 
 def revoke_key(conn: Connection, actor: Actor, key_id: int) -> bool:
     """Revoke a key of a team the actor may manage, and return False if it already was."""
+    access.require_actor(actor, "keys.revoke")
     row = _key_row(conn, key_id)
-    access.require_team(conn, actor, row.team_id, "keys.revoke")
+    _require_key(conn, actor, key_id, row.team_id, "keys.revoke")
     if not keys.revoke_key(conn, key_id):
         return False
     label = {"team_id": row.team_id, "name": row.name, "prefix": row.prefix, "last4": row.last4}
@@ -178,8 +188,9 @@ def revoke_key(conn: Connection, actor: Actor, key_id: int) -> bool:
 
 def set_key_policy(conn: Connection, actor: Actor, key_id: int, **values: Any) -> None:
     """Change a key's restrictions (see keys.POLICY_FIELDS) and audit the fields that changed."""
+    access.require_actor(actor, "keys.policy")
     row = _key_row(conn, key_id)
-    access.require_team(conn, actor, row.team_id, "keys.policy")
+    _require_key(conn, actor, key_id, row.team_id, "keys.policy")
     checked = keys.check_policy(values)
     keys.set_key_policy(conn, key_id, **checked)
     before = {field: row._mapping[field] for field in checked}

@@ -326,9 +326,13 @@ def save_budget(
 def delete_budget(conn: Connection, role: Actor | str, budget_id: int) -> bool:
     """Check the role and the budget's organization, then remove the budget.
 
-    Returns False when it was already gone.
+    Returns False when it was already gone, and also for an organization
+    user naming a budget of another organization, so the result does not
+    reveal that it exists.
     """
-    require_budget_manager(access.as_actor(role).role)
+    actor = access.as_actor(role)
+    require_budget_manager(actor.role)
+    access.require_actor(actor, "budgets.manage")
     scope = conn.execute(
         select(budget_table.c.scope_type, budget_table.c.scope_id).where(
             budget_table.c.id == budget_id
@@ -336,7 +340,10 @@ def delete_budget(conn: Connection, role: Actor | str, budget_id: int) -> bool:
     ).first()
     if scope is None:
         return False
-    require_scope_manager(conn, role, scope.scope_type, scope.scope_id)
+    organization_id = access.organization_of_scope(conn, scope.scope_type, scope.scope_id)
+    if not actor.may_see(organization_id):
+        return False
+    require_scope_manager(conn, actor, scope.scope_type, scope.scope_id)
     return budgets.remove_budget(conn, budget_id)
 
 

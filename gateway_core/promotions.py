@@ -8,6 +8,11 @@ it is redeemed, so concurrent redemptions never exceed the maximum.
 A referral code belongs to one organization. An organization that signs up
 with it is recorded as referred, and after its first paid top-up both
 organizations get the referral credit once.
+
+Creating and listing coupons is `billing.configure`, which only
+installation staff take. Redeeming a coupon and reading a referral code
+need `billing.manage` in the organization. A bare role string is an
+installation-wide principal (see access.as_actor).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from decimal import Decimal
 from sqlalchemy import Connection, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from gateway_core import ledger
+from gateway_core import access, ledger
+from gateway_core.access import Actor
 from gateway_core.errors import InvalidRequestError, NotFoundError
 from gateway_core.schema import billing_accounts, coupon_redemptions, coupons, referral_codes
 
@@ -73,12 +79,14 @@ def create_coupon(
     code: str,
     credit: Decimal,
     *,
-    actor: str,
+    actor: Actor | str,
     max_redemptions: int | None = None,
     valid_from: datetime | None = None,
     valid_until: datetime | None = None,
 ) -> Coupon:
     """Insert a coupon that adds `credit` dollars when redeemed."""
+    principal = access.as_actor(actor)
+    access.require_actor(principal, "billing.configure")
     code = normalize_coupon_code(code)
     credit = ledger.validate_amount(credit)
     if credit < 0:
@@ -104,15 +112,17 @@ def create_coupon(
             max_redemptions=max_redemptions,
             valid_from=start,
             valid_until=valid_until,
-            created_by=actor,
+            created_by=principal.username,
         )
         .returning(*_COUPON_COLUMNS)
     ).one()
-    logger.info("user %s created coupon %s for %s dollars", actor, code, credit)
+    logger.info("user %s created coupon %s for %s dollars", principal.username, code, credit)
     return Coupon(*row)
 
 
-def list_coupons(conn: Connection) -> list[Coupon]:
+def list_coupons(conn: Connection, actor: Actor | str) -> list[Coupon]:
+    """Return every coupon with its redemption count, oldest first."""
+    access.require_actor(access.as_actor(actor), "billing.configure")
     return [Coupon(*row) for row in conn.execute(select(*_COUPON_COLUMNS).order_by(coupons.c.id))]
 
 
@@ -120,7 +130,7 @@ def redeem_coupon(
     conn: Connection,
     organization_id: int,
     code: str,
-    actor: str,
+    actor: Actor | str,
     now: datetime | None = None,
 ) -> Decimal:
     """Add a coupon's credit to an organization and return the amount added.
@@ -129,6 +139,9 @@ def redeem_coupon(
     InvalidRequestError when the coupon is outside its validity window, has
     reached its maximum redemptions, or this organization redeemed it before.
     """
+    principal = access.as_actor(actor)
+    access.require_organization(principal, organization_id, "billing.manage")
+    username = principal.username
     code = normalize_coupon_code(code)
     now = now or datetime.now(UTC)
     if not ledger.account_exists(conn, "organization", organization_id):
@@ -142,7 +155,7 @@ def redeem_coupon(
     _check_redeemable(coupon, now)
     redeemed = conn.execute(
         pg_insert(coupon_redemptions)
-        .values(coupon_id=coupon.id, organization_id=organization_id, actor=actor)
+        .values(coupon_id=coupon.id, organization_id=organization_id, actor=username)
         .on_conflict_do_nothing()
         .returning(coupon_redemptions.c.coupon_id)
     ).first()
@@ -166,9 +179,9 @@ def redeem_coupon(
         kind="grant",
         reference=f"coupon:{code}",
         reason=f"coupon {code}",
-        actor=actor,
+        actor=username,
     )
-    logger.info("user %s redeemed coupon %s for organization %d", actor, code, organization_id)
+    logger.info("user %s redeemed coupon %s for organization %d", username, code, organization_id)
     return coupon.credit
 
 
@@ -193,8 +206,9 @@ def _check_redeemable(coupon: Coupon, now: datetime) -> None:
         )
 
 
-def referral_code_for(conn: Connection, organization_id: int) -> str:
+def referral_code_for(conn: Connection, organization_id: int, actor: Actor | str) -> str:
     """Return the organization's referral code, creating it on first use."""
+    access.require_organization(access.as_actor(actor), organization_id, "billing.manage")
     if not ledger.account_exists(conn, "organization", organization_id):
         raise NotFoundError(f"organization {organization_id} not found")
     existing = _referral_code(conn, organization_id)

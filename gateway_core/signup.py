@@ -106,8 +106,10 @@ def get_settings(conn: Connection) -> SelfServiceSettings:
     return SelfServiceSettings() if row is None else SelfServiceSettings(*row)
 
 
-def save_settings(conn: Connection, new: SelfServiceSettings, actor: str) -> None:
-    """Check and store the sign-up settings."""
+def save_settings(conn: Connection, new: SelfServiceSettings, actor: Actor | str) -> None:
+    """Check and store the sign-up settings, which apply to every organization."""
+    principal = access.as_actor(actor)
+    access.require_actor(principal, "signup.manage")
     for name in ("trial_credit", "referral_credit", "low_balance_threshold"):
         value = getattr(new, name)
         if not isinstance(value, Decimal) or not value.is_finite() or value < 0:
@@ -125,12 +127,14 @@ def save_settings(conn: Connection, new: SelfServiceSettings, actor: str) -> Non
         "trial_days": days,
         "referral_credit": new.referral_credit,
         "low_balance_threshold": new.low_balance_threshold,
-        "updated_by": actor,
+        "updated_by": principal.username,
         "updated_at": func.now(),
     }
     statement = pg_insert(self_service_settings).values(id=1, **values)
     conn.execute(statement.on_conflict_do_update(index_elements=["id"], set_=values))
-    logger.info("user %s saved sign-up settings: enabled=%s", actor, new.signup_enabled)
+    logger.info(
+        "user %s saved sign-up settings: enabled=%s", principal.username, new.signup_enabled
+    )
 
 
 def _check_signup_input(email: str, password: str, org_name: str) -> tuple[str, str]:
@@ -331,8 +335,9 @@ def organization_of_username(conn: Connection, username: str) -> int | None:
     ).scalar_one_or_none()
 
 
-def live_keys_allowed(conn: Connection, organization_id: int) -> bool:
+def live_keys_allowed(conn: Connection, organization_id: int, actor: Actor | str) -> bool:
     """Tell whether the organization may create live keys."""
+    access.require_organization(access.as_actor(actor), organization_id, "billing.manage")
     return live_keys.organization_allowed(conn, organization_id)
 
 
@@ -349,7 +354,7 @@ def approve_live_keys(conn: Connection, actor: Actor, organization_id: int) -> b
     access.require_actor(actor, "signup.manage")
     if not ledger.account_exists(conn, "organization", organization_id):
         raise NotFoundError(f"organization {organization_id} not found")
-    if live_keys_allowed(conn, organization_id):
+    if live_keys.organization_allowed(conn, organization_id):
         return False
     statement = pg_insert(billing_accounts).values(
         organization_id=organization_id,
@@ -406,7 +411,7 @@ def set_signup_enabled(conn: Connection, actor: Actor, enabled: bool) -> bool:
     current = get_settings(conn)
     if current.signup_enabled == enabled:
         return False
-    save_settings(conn, replace(current, signup_enabled=enabled), actor.username)
+    save_settings(conn, replace(current, signup_enabled=enabled), actor)
     audit.record(
         conn,
         actor=actor.username,

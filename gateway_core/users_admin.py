@@ -3,9 +3,10 @@
 Every function checks the actor's role with `access.require` before it
 writes, and appends an audit entry in the caller's transaction. Audit
 entries never contain a password or a password hash. Only an owner may
-grant the owner role or act on an owner's account, and the last enabled
-owner can be neither disabled nor given another role, so an organization
-always keeps someone who can manage users.
+grant the owner role or act on an owner's account. The last enabled owner
+among an organization's members, and the last enabled owner among the
+installation staff, can be neither disabled nor given another role, so
+each keeps someone who can manage users.
 
 An organization user manages only the members of their organizations, and
 the users they invite become members of one of them. Users in no
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, exists, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from gateway_core import access, audit, notifications
@@ -115,24 +116,38 @@ def _require_owner_for(actor: Actor, account: dict[str, Any], what: str) -> None
 
 
 def _keep_an_owner(conn: Connection, user_id: int, account: dict[str, Any]) -> None:
-    """Raise InvalidRequestError if this change would leave no enabled owner.
+    """Raise InvalidRequestError if this change would leave a group with no enabled owner.
 
-    Locking every enabled owner row makes two concurrent demotions of the
-    last two owners wait for each other, so the second sees one owner left.
+    The groups are each organization the user is a member of, or, for a
+    staff user, the installation staff (users in no organization). Locking
+    every enabled owner row of the group makes two concurrent demotions of
+    its last two owners wait for each other, so the second finds one owner left.
     """
     if account["role"] != "owner" or account["disabled"]:
         return
-    query = (
-        select(users.c.id)
-        .where(users.c.role == "owner", users.c.disabled.is_(False))
-        .with_for_update()
-    )
-    owners = conn.execute(query).scalars().all()
-    if set(owners) <= {user_id}:
-        raise InvalidRequestError(
-            f"{account['username']!r} is the last enabled owner. Make another user an owner first.",
-            code="last_owner",
+    enabled_owners = select(users.c.id).where(users.c.role == "owner", users.c.disabled.is_(False))
+    organization_ids = sorted(_user_organizations(conn, user_id))
+    if not organization_ids:
+        staff = ~exists().where(organization_members.c.user_id == users.c.id)
+        owners = conn.execute(enabled_owners.where(staff).with_for_update(of=users)).scalars()
+        if set(owners) <= {user_id}:
+            raise InvalidRequestError(
+                f"{account['username']!r} is the last enabled owner among the installation "
+                "staff. Make another staff user an owner first.",
+                code="last_owner",
+            )
+        return
+    for organization_id in organization_ids:
+        members = select(organization_members.c.user_id).where(
+            organization_members.c.organization_id == organization_id
         )
+        query = enabled_owners.where(users.c.id.in_(members)).with_for_update(of=users)
+        if set(conn.execute(query).scalars()) <= {user_id}:
+            raise InvalidRequestError(
+                f"{account['username']!r} is the last enabled owner of organization "
+                f"{organization_id}. Make another member of it an owner first.",
+                code="last_owner",
+            )
 
 
 def _record(
@@ -313,15 +328,16 @@ def set_team_membership(
             f"invalid team role {team_role!r}, expected one of {', '.join(TEAM_ROLES)}",
             param="team_role",
         )
+    # An organization user gets the same errors for a team or user of
+    # another organization as for a missing one.
+    access.require_team(
+        conn, actor, team_id, "teams.members", not_found=f"no team with id {team_id}"
+    )
+    _require_user_in_scope(conn, actor, user_id, "teams.members")
     account = _account(conn, user_id)
     team_name = conn.execute(select(teams.c.name).where(teams.c.id == team_id)).scalar_one_or_none()
     if team_name is None:
         raise NotFoundError(f"no team with id {team_id}")
-    if not actor.is_staff:
-        _require_user_in_scope(conn, actor, user_id, "teams.members")
-        access.require_organization(
-            actor, access.organization_of_team(conn, team_id), "teams.members"
-        )
     before = conn.execute(
         select(team_members.c.role).where(
             team_members.c.user_id == user_id, team_members.c.team_id == team_id

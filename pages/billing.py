@@ -62,11 +62,6 @@ def load_billing() -> Billing | None:
         return None
 
 
-def require_billing_manager(org_id: int) -> None:
-    """Raise PermissionDeniedError unless the signed-in user may manage the billing of org_id."""
-    access.require_organization(current_actor(), org_id, "billing.manage")
-
-
 def usd(amount: Decimal | None) -> str:
     return "—" if amount is None else emails.format_usd(amount)
 
@@ -108,11 +103,11 @@ def render_stripe_status(service: Billing | None) -> None:
     )
 
 
-def render_balance(engine: Engine, org_id: int) -> None:
+def render_balance(engine: Engine, org_id: int, actor: access.Actor) -> None:
     with engine.connect() as conn:
-        balance = ledger.balance(conn, "organization", org_id)
-        plan = billing.plan_state(conn, org_id)
-        live = signup.live_keys_allowed(conn, org_id)
+        balance = billing.credit_balance(conn, org_id, actor)
+        plan = billing.plan_state(conn, org_id, actor)
+        live = signup.live_keys_allowed(conn, org_id, actor)
     left, middle, right = st.columns(3)
     left.metric("Credit balance", usd(balance))
     if plan is None:
@@ -127,7 +122,7 @@ def render_balance(engine: Engine, org_id: int) -> None:
     right.metric("Live keys", "allowed" if live else "after first top-up")
 
 
-def render_topup(engine: Engine, service: Billing, org_id: int, username: str) -> None:
+def render_topup(engine: Engine, service: Billing, org_id: int, actor: access.Actor) -> None:
     st.subheader("Top up credit")
     low, high = service.settings.topup_min, service.settings.topup_max
     with st.form("billing_topup"):
@@ -138,7 +133,6 @@ def render_topup(engine: Engine, service: Billing, org_id: int, username: str) -
     if submitted:
         base = service.settings.app_url
         try:
-            require_billing_manager(org_id)
             amount = ledger.parse_amount(text)
             with engine.begin() as conn:
                 session = service.create_topup_session(
@@ -147,13 +141,13 @@ def render_topup(engine: Engine, service: Billing, org_id: int, username: str) -
                     amount,
                     f"{base}/billing?checkout=success",
                     f"{base}/billing?checkout=cancel",
-                    username,
+                    actor,
                 )
         except GatewayError as error:
             st.error(error.message)
             return
         except stripe.StripeError as error:
-            logger.error("user %s: creating a Checkout Session failed: %s", username, error)
+            logger.error("user %s: creating a Checkout Session failed: %s", actor.username, error)
             st.error(f"Stripe rejected the request: {error.user_message or error}")
             return
         st.session_state[CHECKOUT_URL] = session.url
@@ -165,9 +159,9 @@ def render_topup(engine: Engine, service: Billing, org_id: int, username: str) -
         st.link_button("Open Stripe Checkout", st.session_state[CHECKOUT_URL])
 
 
-def render_portal(engine: Engine, service: Billing, org_id: int) -> None:
+def render_portal(engine: Engine, service: Billing, org_id: int, actor: access.Actor) -> None:
     with engine.connect() as conn:
-        has_customer = billing.stripe_customer_of(conn, org_id) is not None
+        has_customer = billing.stripe_customer_of(conn, org_id, actor) is not None
     if not has_customer:
         st.caption("The Stripe customer portal opens after the first top-up.")
         return
@@ -175,8 +169,11 @@ def render_portal(engine: Engine, service: Billing, org_id: int) -> None:
         try:
             with engine.begin() as conn:
                 url = service.create_portal_session(
-                    conn, org_id, f"{service.settings.app_url}/billing"
+                    conn, org_id, f"{service.settings.app_url}/billing", actor
                 )
+        except GatewayError as error:
+            st.error(error.message)
+            return
         except stripe.StripeError as error:
             logger.error("customer portal for organization %d failed: %s", org_id, error)
             st.error(f"Stripe rejected the request: {error.user_message or error}")
@@ -184,11 +181,11 @@ def render_portal(engine: Engine, service: Billing, org_id: int) -> None:
         st.link_button("Continue to the customer portal", url)
 
 
-def render_history(engine: Engine, org_id: int) -> None:
+def render_history(engine: Engine, org_id: int, actor: access.Actor) -> None:
     with engine.connect() as conn:
-        payment_list = billing.list_payments(conn, org_id)
-        invoice_list = billing.list_invoices(conn, org_id)
-        entry_list = ledger.history(conn, "organization", org_id, limit=100)
+        payment_list = billing.list_payments(conn, org_id, actor)
+        invoice_list = billing.list_invoices(conn, org_id, actor)
+        entry_list = billing.ledger_history(conn, org_id, actor, limit=100)
     st.subheader("Payments")
     if payment_list:
         frame = pd.DataFrame(
@@ -235,7 +232,7 @@ def render_history(engine: Engine, org_id: int) -> None:
         st.caption("No ledger entries yet.")
 
 
-def render_coupon(engine: Engine, org_id: int, username: str) -> None:
+def render_coupon(engine: Engine, org_id: int, actor: access.Actor) -> None:
     st.subheader("Redeem a coupon")
     with st.form("billing_coupon", clear_on_submit=True):
         code = st.text_input("Coupon code", max_chars=64, key="billing_coupon_code")
@@ -243,18 +240,17 @@ def render_coupon(engine: Engine, org_id: int, username: str) -> None:
     if not submitted:
         return
     try:
-        require_billing_manager(org_id)
         with engine.begin() as conn:
-            credit = promotions.redeem_coupon(conn, org_id, code, username)
+            credit = promotions.redeem_coupon(conn, org_id, code, actor)
     except GatewayError as error:
         st.error(error.message)
         return
     st.success(f"Added {usd(credit)} of credit.")
 
 
-def render_referral(engine: Engine, org_id: int) -> None:
+def render_referral(engine: Engine, org_id: int, actor: access.Actor) -> None:
     with engine.begin() as conn:
-        code = promotions.referral_code_for(conn, org_id)
+        code = promotions.referral_code_for(conn, org_id, actor)
     st.caption(
         f"Referral code: `{code}`. An organization that signs up with it and makes a first "
         "paid top-up earns credit for both of you."
@@ -270,9 +266,9 @@ def render_email_previews() -> None:
         st.html(html)
 
 
-def render_outbox(engine: Engine) -> None:
+def render_outbox(engine: Engine, actor: access.Actor) -> None:
     with engine.connect() as conn:
-        queued = email_outbox.list_emails(conn, limit=50)
+        queued = email_outbox.list_emails(conn, actor, limit=50)
     with st.expander("Email outbox"):
         if not queued:
             st.caption("No emails queued yet.")
@@ -300,7 +296,7 @@ def render_admin(engine: Engine, org_id: int, actor: access.Actor) -> None:
     st.subheader("Self-service settings")
     with engine.connect() as conn:
         current = signup.get_settings(conn)
-        live = signup.live_keys_allowed(conn, org_id)
+        live = signup.live_keys_allowed(conn, org_id, actor)
     enabled = st.toggle(
         "Self-service sign-up",
         value=current.signup_enabled,
@@ -337,14 +333,14 @@ render_stripe_status(service)
 actor = current_actor()
 org_id = pick_organization(settings.database_url, actor)
 if org_id is not None:
-    render_balance(engine, org_id)
+    render_balance(engine, org_id, actor)
     if service is not None:
-        render_topup(engine, service, org_id, user["username"])
-        render_portal(engine, service, org_id)
-    render_history(engine, org_id)
-    render_coupon(engine, org_id, user["username"])
-    render_referral(engine, org_id)
+        render_topup(engine, service, org_id, actor)
+        render_portal(engine, service, org_id, actor)
+    render_history(engine, org_id, actor)
+    render_coupon(engine, org_id, actor)
+    render_referral(engine, org_id, actor)
     if actor.is_staff and user["role"] in ADMIN_ROLES:
         render_admin(engine, org_id, actor)
-        render_outbox(engine)
+        render_outbox(engine, actor)
 render_email_previews()

@@ -487,7 +487,7 @@ def render_winner_alias(summary: pd.DataFrame) -> None:
         return
     try:
         with engine_for(Settings.from_env().database_url).begin() as conn:
-            compare.set_winner_alias(conn, alias.strip(), model, username())
+            compare.set_winner_alias(conn, alias.strip(), model, current_actor())
     except GatewayError as error:
         st.error(f"Alias not saved: {error.message}.")
         return

@@ -34,6 +34,8 @@ LIST_TTL_SECONDS = 10
 # Session-state key for a message shown once after the rerun that follows a write.
 FLASH_MESSAGE = "users_page_flash"
 REMOVE_MEMBERSHIP = "remove from team"
+# The invite form's organization choice for a user in no organization.
+STAFF_CHOICE = "None (installation staff)"
 
 logger = logging.getLogger("gatewayz.app.users")
 
@@ -67,12 +69,10 @@ def load_teams(database_url: str, actor: Actor) -> list[directory.Team]:
 
 @st.cache_data(ttl=LIST_TTL_SECONDS, show_spinner=False)
 def load_organization_names(database_url: str, actor: Actor) -> dict[int, str]:
-    """Return the names of the actor's organizations, or of none for installation staff."""
-    if actor.organization_ids is None:
-        return {}
-    query = select(organizations.c.id, organizations.c.name).where(
-        organizations.c.id.in_(actor.organization_ids)
-    )
+    """Return the names of the organizations the actor may invite users into: all for staff."""
+    query = select(organizations.c.id, organizations.c.name)
+    if actor.organization_ids is not None:
+        query = query.where(organizations.c.id.in_(actor.organization_ids))
     with engine_for(database_url).connect() as conn:
         return dict(conn.execute(query.order_by(organizations.c.name)).tuples().all())
 
@@ -109,16 +109,20 @@ def render_invite(engine: Engine, actor: Actor, organization_names: dict[int, st
         display_name = st.text_input("Display name", max_chars=200, key="invite_display_name")
         email = st.text_input("Email", max_chars=320, key="invite_email")
         role = st.selectbox("Role", roles, index=roles.index("viewer"), key="invite_role")
-        # Staff invite staff users; an organization user invites into their organization.
-        organization_id = None
-        if organization_names:
-            organization_id = st.selectbox(
-                "Organization",
-                list(organization_names),
-                format_func=organization_names.__getitem__,
-                key="invite_organization",
-                disabled=len(organization_names) == 1,
-            )
+        # An organization user invites into one of their organizations. Staff
+        # pick an organization, or None to invite another staff user.
+        choices: list[int | None] = list(organization_names)
+        if actor.is_staff:
+            choices.insert(0, None)
+        organization_id = st.selectbox(
+            "Organization",
+            choices,
+            format_func=lambda choice: (
+                STAFF_CHOICE if choice is None else organization_names[choice]
+            ),
+            key="invite_organization",
+            disabled=len(choices) == 1,
+        )
         submitted = st.form_submit_button("Invite user")
     if not submitted:
         return
@@ -139,8 +143,11 @@ def render_invite(engine: Engine, actor: Actor, organization_names: dict[int, st
         return
 
     clear_lists()
-    logger.info("user %s invited %s as %s", actor.username, username.strip(), role)
-    st.success(f"Invited {username.strip()!r} as {role}. They can sign in within 30 seconds.")
+    where = STAFF_CHOICE if organization_id is None else organization_names[organization_id]
+    logger.info("user %s invited %s as %s into %s", actor.username, username.strip(), role, where)
+    st.success(
+        f"Invited {username.strip()!r} as {role} into {where}. They can sign in within 30 seconds."
+    )
     show_password_once(username.strip(), password)
 
 

@@ -679,7 +679,7 @@ def test_notify_budget_queues_email_once(
     assert notify(engine, settings, budget_id, "0", "50") == []
     assert len(webhook_server.received) == 1
     with engine.connect() as conn:
-        queued = email_outbox.list_emails(conn)
+        queued = email_outbox.list_emails(conn, "owner")
     assert [(e.template, e.recipient, e.status) for e in queued] == [
         ("budget_alert", "owner@example.test", "pending")
     ]

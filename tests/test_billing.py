@@ -45,6 +45,8 @@ PAGE_PATH = Path(__file__).resolve().parent.parent / "pages" / "billing.py"
 SUCCESS_URL = "http://127.0.0.1:8501/billing?checkout=success"
 CANCEL_URL = "http://127.0.0.1:8501/billing?checkout=cancel"
 PASSWORD = "correct horse battery staple"
+# Installation staff: an owner in no organization.
+STAFF = Actor("tester", "owner")
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +92,7 @@ def apply(engine: Engine, service: Billing, payload: dict[str, Any]) -> billing.
 def topup(engine: Engine, service: Billing, org_id: int, amount: str) -> billing.TopupSession:
     with engine.begin() as conn:
         return service.create_topup_session(
-            conn, org_id, Decimal(amount), SUCCESS_URL, CANCEL_URL, "tester"
+            conn, org_id, Decimal(amount), SUCCESS_URL, CANCEL_URL, STAFF
         )
 
 
@@ -181,7 +183,7 @@ def test_topup_reuses_customer(
     sessions = [p for m, path, p in fake_stripe.requests if path == "/v1/checkout/sessions"]
     assert sessions[-1]["customer"] == sessions[-2]["customer"]
     with engine.connect() as conn:
-        assert billing.stripe_customer_of(conn, org_id) == sessions[-1]["customer"]
+        assert billing.stripe_customer_of(conn, org_id, STAFF) == sessions[-1]["customer"]
 
 
 @pytest.mark.parametrize("amount", ["4.99", "1000.01", "10.005", "-10"])
@@ -194,21 +196,21 @@ def test_topup_amount_outside_limits(engine: Engine, billing_service: Billing, a
 def test_topup_rejects_float(engine: Engine, billing_service: Billing) -> None:
     org_id = make_org(engine)
     with engine.begin() as conn, pytest.raises(InvalidRequestError, match="float"):
-        billing_service.create_topup_session(conn, org_id, 10.0, SUCCESS_URL, CANCEL_URL, "t")  # type: ignore[arg-type]
+        billing_service.create_topup_session(conn, org_id, 10.0, SUCCESS_URL, CANCEL_URL, STAFF)  # type: ignore[arg-type]
 
 
 def test_topup_unknown_organization(engine: Engine, billing_service: Billing) -> None:
     with engine.begin() as conn, pytest.raises(NotFoundError):
-        billing_service.create_topup_session(conn, 999, Decimal(10), SUCCESS_URL, CANCEL_URL, "t")
+        billing_service.create_topup_session(conn, 999, Decimal(10), SUCCESS_URL, CANCEL_URL, STAFF)
 
 
 def test_portal_session(engine: Engine, billing_service: Billing, fake_stripe: FakeStripe) -> None:
     org_id = make_org(engine)
     with engine.begin() as conn, pytest.raises(NotFoundError, match="no Stripe customer"):
-        billing_service.create_portal_session(conn, org_id, SUCCESS_URL)
+        billing_service.create_portal_session(conn, org_id, SUCCESS_URL, STAFF)
     topup(engine, billing_service, org_id, "10")
     with engine.begin() as conn:
-        url = billing_service.create_portal_session(conn, org_id, SUCCESS_URL)
+        url = billing_service.create_portal_session(conn, org_id, SUCCESS_URL, STAFF)
     assert url.startswith(fake_stripe.base_url + "/portal/")
 
 
@@ -295,10 +297,10 @@ def test_first_payment_allows_live_keys(
 ) -> None:
     result = sign_up_org(engine)
     with engine.connect() as conn:
-        assert not signup.live_keys_allowed(conn, result.organization_id)
+        assert not signup.live_keys_allowed(conn, result.organization_id, STAFF)
     paid_topup(engine, billing_service, fake_stripe, result.organization_id, "10")
     with engine.connect() as conn:
-        assert signup.live_keys_allowed(conn, result.organization_id)
+        assert signup.live_keys_allowed(conn, result.organization_id, STAFF)
         signup.check_live_key_allowed(conn, result.team_id)
 
 
@@ -351,11 +353,11 @@ def invoice(customer: str, invoice_id: str = "in_test_1", **extra: Any) -> dict[
 def plan_customer(engine: Engine, billing_service: Billing) -> tuple[int, str]:
     org_id = make_org(engine)
     with engine.begin() as conn:
-        billing.save_plan(conn, "price_pro", "Pro", Decimal(15), "tester")
+        billing.save_plan(conn, "price_pro", "Pro", Decimal(15), STAFF)
         url = billing_service.create_plan_session(
-            conn, org_id, "price_pro", SUCCESS_URL, CANCEL_URL, "tester"
+            conn, org_id, "price_pro", SUCCESS_URL, CANCEL_URL, STAFF
         )
-        customer = billing.stripe_customer_of(conn, org_id)
+        customer = billing.stripe_customer_of(conn, org_id, STAFF)
     assert url
     assert customer is not None
     return org_id, customer
@@ -373,8 +375,8 @@ def test_invoice_paid_grants_allowance(engine: Engine, billing_service: Billing)
     period_end = body["lines"]["data"][0]["period"]["end"]
     assert grant.expires_at == datetime.fromtimestamp(period_end, UTC)
     with engine.connect() as conn:
-        state = billing.plan_state(conn, org_id)
-        [listed] = billing.list_invoices(conn, org_id)
+        state = billing.plan_state(conn, org_id, STAFF)
+        [listed] = billing.list_invoices(conn, org_id, STAFF)
     assert state is not None
     assert state.status == "active"
     assert state.plan_name == "Pro"
@@ -398,7 +400,7 @@ def test_payment_failed_sets_grace(engine: Engine, billing_service: Billing) -> 
     outcome = apply(engine, billing_service, event("invoice.payment_failed", failed))
     assert outcome.status == "processed"
     with engine.connect() as conn:
-        state = billing.plan_state(conn, org_id)
+        state = billing.plan_state(conn, org_id, STAFF)
     assert state is not None
     assert state.status == "past_due"
     assert state.grace_until is not None
@@ -407,7 +409,7 @@ def test_payment_failed_sets_grace(engine: Engine, billing_service: Billing) -> 
     # A later successful payment ends the grace period.
     apply(engine, billing_service, event("invoice.paid", invoice(customer, "in_test_2")))
     with engine.connect() as conn:
-        state = billing.plan_state(conn, org_id)
+        state = billing.plan_state(conn, org_id, STAFF)
     assert state is not None
     assert state.status == "active"
     assert state.grace_until is None
@@ -419,7 +421,7 @@ def test_subscription_deleted_ends_plan(engine: Engine, billing_service: Billing
     ended = subscription(customer, status="canceled")
     apply(engine, billing_service, event("customer.subscription.deleted", ended))
     with engine.connect() as conn:
-        state = billing.plan_state(conn, org_id)
+        state = billing.plan_state(conn, org_id, STAFF)
     assert state is not None
     assert state.status == "canceled"
 
@@ -432,7 +434,7 @@ def test_older_subscription_event_ignored(engine: Engine, billing_service: Billi
     assert apply(engine, billing_service, newer).status == "processed"
     assert apply(engine, billing_service, older).status == "ignored"
     with engine.connect() as conn:
-        state = billing.plan_state(conn, org_id)
+        state = billing.plan_state(conn, org_id, STAFF)
         stored = conn.execute(select(billing_subscriptions.c.status)).scalar_one()
     assert state is not None
     assert stored == "past_due"
@@ -467,9 +469,9 @@ def test_allowance_spent_before_purchase(
 def test_save_plan_validates(engine: Engine) -> None:
     with engine.begin() as conn:
         with pytest.raises(InvalidRequestError, match="price_"):
-            billing.save_plan(conn, "prod_1", "Pro", Decimal(10), "t")
+            billing.save_plan(conn, "prod_1", "Pro", Decimal(10), STAFF)
         with pytest.raises(InvalidRequestError, match="negative"):
-            billing.save_plan(conn, "price_1", "Pro", Decimal(-1), "t")
+            billing.save_plan(conn, "price_1", "Pro", Decimal(-1), STAFF)
 
 
 # Coupons
@@ -478,26 +480,26 @@ def test_save_plan_validates(engine: Engine) -> None:
 def test_coupon_max_redemptions(engine: Engine) -> None:
     orgs = [make_org(engine, f"org-{i}") for i in range(3)]
     with engine.begin() as conn:
-        promotions.create_coupon(conn, "launch", Decimal(5), actor="t", max_redemptions=2)
+        promotions.create_coupon(conn, "launch", Decimal(5), actor=STAFF, max_redemptions=2)
     for org_id in orgs[:2]:
         with engine.begin() as conn:
-            assert promotions.redeem_coupon(conn, org_id, "LAUNCH", "t") == Decimal(5)
+            assert promotions.redeem_coupon(conn, org_id, "LAUNCH", STAFF) == Decimal(5)
     with engine.begin() as conn, pytest.raises(InvalidRequestError, match="maximum of 2"):
-        promotions.redeem_coupon(conn, orgs[2], "launch", "t")
+        promotions.redeem_coupon(conn, orgs[2], "launch", STAFF)
     assert org_balance(engine, orgs[2]) is None
     with engine.connect() as conn:
-        [coupon] = promotions.list_coupons(conn)
+        [coupon] = promotions.list_coupons(conn, STAFF)
     assert coupon.redemptions == 2
 
 
 def test_coupon_once_per_org(engine: Engine) -> None:
     org_id = make_org(engine)
     with engine.begin() as conn:
-        promotions.create_coupon(conn, "WELCOME", Decimal("7.50"), actor="t")
+        promotions.create_coupon(conn, "WELCOME", Decimal("7.50"), actor=STAFF)
     with engine.begin() as conn:
-        promotions.redeem_coupon(conn, org_id, "welcome", "t")
+        promotions.redeem_coupon(conn, org_id, "welcome", STAFF)
     with engine.begin() as conn, pytest.raises(InvalidRequestError, match="already redeemed"):
-        promotions.redeem_coupon(conn, org_id, "welcome", "t")
+        promotions.redeem_coupon(conn, org_id, "welcome", STAFF)
     assert org_balance(engine, org_id) == Decimal("7.50")
 
 
@@ -509,31 +511,31 @@ def test_coupon_validity_window(engine: Engine) -> None:
             conn,
             "SPRING",
             Decimal(5),
-            actor="t",
+            actor=STAFF,
             valid_from=start,
             valid_until=start + timedelta(days=7),
         )
     with engine.begin() as conn, pytest.raises(InvalidRequestError, match="not valid before"):
-        promotions.redeem_coupon(conn, org_id, "SPRING", "t")
+        promotions.redeem_coupon(conn, org_id, "SPRING", STAFF)
     late = start + timedelta(days=8)
     with engine.begin() as conn, pytest.raises(InvalidRequestError, match="expired"):
-        promotions.redeem_coupon(conn, org_id, "SPRING", "t", now=late)
+        promotions.redeem_coupon(conn, org_id, "SPRING", STAFF, now=late)
     inside = start + timedelta(days=2)
     with engine.begin() as conn:
-        promotions.redeem_coupon(conn, org_id, "SPRING", "t", now=inside)
+        promotions.redeem_coupon(conn, org_id, "SPRING", STAFF, now=inside)
     assert org_balance(engine, org_id) == Decimal(5)
 
 
 def test_coupon_concurrent_redemptions(engine: Engine) -> None:
     orgs = [make_org(engine, f"race-{i}") for i in range(6)]
     with engine.begin() as conn:
-        promotions.create_coupon(conn, "RACE", Decimal(1), actor="t", max_redemptions=3)
+        promotions.create_coupon(conn, "RACE", Decimal(1), actor=STAFF, max_redemptions=3)
     results: list[str] = []
 
     def redeem(org_id: int) -> None:
         try:
             with engine.begin() as conn:
-                promotions.redeem_coupon(conn, org_id, "RACE", "t")
+                promotions.redeem_coupon(conn, org_id, "RACE", STAFF)
             results.append("ok")
         except InvalidRequestError:
             results.append("rejected")
@@ -549,9 +551,9 @@ def test_coupon_concurrent_redemptions(engine: Engine) -> None:
 def test_coupon_unknown_and_invalid(engine: Engine) -> None:
     org_id = make_org(engine)
     with engine.begin() as conn, pytest.raises(NotFoundError):
-        promotions.redeem_coupon(conn, org_id, "NOPE", "t")
+        promotions.redeem_coupon(conn, org_id, "NOPE", STAFF)
     with engine.begin() as conn, pytest.raises(InvalidRequestError, match="invalid"):
-        promotions.create_coupon(conn, "a b", Decimal(1), actor="t")
+        promotions.create_coupon(conn, "a b", Decimal(1), actor=STAFF)
 
 
 # Sign-up and referrals
@@ -567,7 +569,7 @@ def enable_signup(engine: Engine, **changes: Any) -> None:
             "referral_credit": current.referral_credit,
             **changes,
         }
-        signup.save_settings(conn, signup.SelfServiceSettings(**values), "admin")
+        signup.save_settings(conn, signup.SelfServiceSettings(**values), STAFF)
 
 
 def sign_up_org(
@@ -592,7 +594,7 @@ def test_signup_creates_everything(engine: Engine) -> None:
         team = conn.execute(select(teams).where(teams.c.id == result.team_id)).one()
         key_row = conn.execute(select(api_keys).where(api_keys.c.id == result.test_key.id)).one()
         member = conn.execute(select(organization_members)).one()
-        allowed = signup.live_keys_allowed(conn, result.organization_id)
+        allowed = signup.live_keys_allowed(conn, result.organization_id, STAFF)
     assert user.username == "ada@example.com"
     assert user.role == "owner"
     assert user.password_hash != PASSWORD
@@ -641,7 +643,7 @@ def test_live_keys_need_approval(engine: Engine) -> None:
         with pytest.raises(PermissionDeniedError, match="first paid top-up"):
             signup.check_live_key_allowed(conn, result.team_id)
         # Organizations an operator created keep live keys.
-        assert signup.live_keys_allowed(conn, operator_org)
+        assert signup.live_keys_allowed(conn, operator_org, STAFF)
         signup.check_live_key_allowed(conn, operator_team.id)
     with engine.begin() as conn:
         signup.approve_live_keys(conn, Actor("admin", "admin"), result.organization_id)
@@ -654,8 +656,8 @@ def test_referral_credits_after_first_payment(
 ) -> None:
     referrer = sign_up_org(engine, "ref@example.com", "Referrer")
     with engine.begin() as conn:
-        code = promotions.referral_code_for(conn, referrer.organization_id)
-        assert promotions.referral_code_for(conn, referrer.organization_id) == code
+        code = promotions.referral_code_for(conn, referrer.organization_id, STAFF)
+        assert promotions.referral_code_for(conn, referrer.organization_id, STAFF) == code
     referred = sign_up_org(engine, "new@example.com", "Newcomer", referral_code=code.lower())
     # Signing up alone adds no referral credit.
     assert entries(engine, referrer.organization_id, "grant") == []
@@ -737,6 +739,8 @@ def run_page(username: str = "owner", role: str = "owner") -> AppTest:
         "username": username,
         "display_name": username.title(),
         "role": role,
+        # None: installation staff, as app.py stores a user in no organization.
+        "organization_ids": None,
     }
     at.run()
     assert not at.exception, at.exception
@@ -780,7 +784,7 @@ def test_page_creates_checkout_session(
     assert not at.exception, at.exception
     assert fake_stripe.base_url + "/pay/" in page_text(at)
     with engine.connect() as conn:
-        [payment] = billing.list_payments(conn, org_id)
+        [payment] = billing.list_payments(conn, org_id, STAFF)
     assert payment.amount == Decimal(15)
     assert payment.created_by == "owner"
 
@@ -804,7 +808,7 @@ def test_page_switches_signup_and_approves(engine: Engine, page_env: None) -> No
     assert "This organization may now create live keys." in page_text(at)
     with engine.connect() as conn:
         assert signup.get_settings(conn).signup_enabled is True
-        assert signup.live_keys_allowed(conn, result.organization_id) is True
+        assert signup.live_keys_allowed(conn, result.organization_id, STAFF) is True
         actions = conn.execute(select(audit_log.c.actor, audit_log.c.action)).all()
     assert ("owner", "signup.set_enabled") in actions
     assert ("owner", "organizations.approve_live_keys") in actions

@@ -113,7 +113,7 @@ def new_topup(engine: Engine, service: Billing, amount: str = "25") -> tuple[int
     with engine.begin() as conn:
         org_id = directory.ensure_organization(conn, "Acme")
         session = service.create_topup_session(
-            conn, org_id, Decimal(amount), SUCCESS_URL, CANCEL_URL, "tester"
+            conn, org_id, Decimal(amount), SUCCESS_URL, CANCEL_URL, "owner"
         )
     return org_id, session.session_id
 

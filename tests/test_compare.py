@@ -26,6 +26,7 @@ from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 from streamlit.testing.v1 import AppTest
 
 from gateway_core import audit, compare, directory, keys, model_routes, providers
+from gateway_core.access import Actor
 from gateway_core.compare import (
     CellDelta,
     CellDone,
@@ -39,7 +40,7 @@ from gateway_core.compare import (
     set_winner_alias,
     summarize,
 )
-from gateway_core.errors import InvalidRequestError
+from gateway_core.errors import InvalidRequestError, PermissionDeniedError
 from gateway_core.schema import (
     audit_log,
     comparison_cells,
@@ -561,7 +562,7 @@ def test_set_winner_alias_audited(engine: Engine, caplog: pytest.LogCaptureFixtu
     with engine.begin() as conn:
         model_routes.set_alias(conn, "research-default", "sandbox/echo", "bob")
     with caplog.at_level(logging.INFO, logger="gatewayz.audit"), engine.begin() as conn:
-        set_winner_alias(conn, "research-default", "fake/steady", "alice")
+        set_winner_alias(conn, "research-default", "fake/steady", Actor("alice", "owner"))
 
     with engine.connect() as conn:
         route = conn.execute(
@@ -587,8 +588,26 @@ def test_set_winner_alias_audited(engine: Engine, caplog: pytest.LogCaptureFixtu
 
 def test_set_winner_alias_rejects_bad_alias(engine: Engine) -> None:
     with pytest.raises(InvalidRequestError, match="alias must be letters"), engine.begin() as conn:
-        set_winner_alias(conn, "team/default", "sandbox/echo", "alice")
+        set_winner_alias(conn, "team/default", "sandbox/echo", Actor("alice", "owner"))
     with engine.connect() as conn:
+        assert conn.execute(select(audit_log.c.id)).first() is None
+
+
+@pytest.mark.parametrize(
+    ("actor", "code"),
+    [
+        # A researcher may run comparisons but not change model routing.
+        (Actor("rita", "researcher"), "action_not_allowed"),
+        # An alias routes every organization's requests, so organization owners may not.
+        (Actor("olga", "owner", organization_ids=frozenset({1})), "installation_action"),
+    ],
+)
+def test_set_winner_alias_permission(engine: Engine, actor: Actor, code: str) -> None:
+    with pytest.raises(PermissionDeniedError) as raised, engine.begin() as conn:
+        set_winner_alias(conn, "research-default", "sandbox/echo", actor)
+    assert raised.value.code == code
+    with engine.connect() as conn:
+        assert conn.execute(select(model_routes_table.c.name)).first() is None
         assert conn.execute(select(audit_log.c.id)).first() is None
 
 

@@ -49,7 +49,7 @@ def queue_welcome(engine: Engine, recipient: str = "ada@example.com", **kwargs: 
 def sign_up(engine: Engine, email: str = "ada@example.com", org: str = "Analytical") -> Any:
     with engine.begin() as conn:
         current = signup.get_settings(conn)
-        signup.save_settings(conn, replace(current, signup_enabled=True), "root")
+        signup.save_settings(conn, replace(current, signup_enabled=True), "owner")
         return signup.sign_up(conn, TEST_SECRET.encode(), email, PASSWORD, org)
 
 
@@ -249,7 +249,7 @@ def test_low_balance_threshold_setting(engine: Engine) -> None:
     with engine.begin() as conn:
         current = signup.get_settings(conn)
         raised = replace(current, low_balance_threshold=Decimal(20))
-        signup.save_settings(conn, raised, "root")
+        signup.save_settings(conn, raised, "owner")
     assert low_balance_check(engine) == 1
     [row] = [r for r in outbox_rows(engine) if r.template == "low_balance"]
     assert row.recipient == "ada@example.com"

@@ -22,11 +22,14 @@ from gateway_core import (
     access,
     analytics,
     audit_search,
+    billing,
+    email_outbox,
     explorer,
     health_rules,
     keys_admin,
     limits_admin,
     model_admin,
+    promotions,
     prompt_templates,
     reports,
     signup,
@@ -35,7 +38,8 @@ from gateway_core import (
 )
 from gateway_core.access import Actor
 from gateway_core.audit_search import AuditFilters
-from gateway_core.errors import InvalidRequestError, PermissionDeniedError
+from gateway_core.billing import Billing, BillingSettings
+from gateway_core.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from gateway_core.explorer import ExplorerFilters
 from gateway_core.schema import organization_members, usage_events, users
 from tests import test_app_pages
@@ -46,6 +50,8 @@ from tests.test_signup import PASSWORD, sign_in
 
 SECRET = TEST_SECRET.encode()
 STAFF = Actor("root", "owner")
+# An id that no seeded object uses.
+MISSING_ID = 987654321
 
 app_env = test_app_pages.app_env
 cookies = test_app_pages.cookies
@@ -167,6 +173,21 @@ def denied(engine: Engine, write, *, code: str | None = None) -> PermissionDenie
     return raised.value
 
 
+def not_found(engine: Engine, call) -> str:
+    """Run `call` in a rolled-back transaction and return the message of its NotFoundError."""
+    with engine.begin() as conn, pytest.raises(NotFoundError) as raised:
+        call(conn)
+    return raised.value.message
+
+
+def hidden(engine: Engine, call, foreign_id: int) -> None:
+    """Check that `call` raises the same NotFoundError for `foreign_id` as for a missing id."""
+    foreign = not_found(engine, lambda c: call(c, foreign_id))
+    missing = not_found(engine, lambda c: call(c, MISSING_ID))
+    assert str(foreign_id) in foreign
+    assert foreign == missing.replace(str(MISSING_ID), str(foreign_id))
+
+
 # gateway_core
 
 
@@ -178,17 +199,21 @@ def test_signup_creates_organization_user(engine: Engine, tenants) -> None:
         assert access.organization_ids_of(conn, "root") is None
 
 
-def test_other_keys_rejected(engine: Engine, tenants) -> None:
+def test_other_keys_not_found(engine: Engine, tenants) -> None:
     alpha, beta = tenants
     intruder = beta.owner
-    denied(
+    hidden(
         engine,
-        lambda c: keys_admin.create_key(c, SECRET, intruder, team_id=alpha.team_id, name="x"),
-        code="organization_not_member",
+        lambda c, team: keys_admin.create_key(c, SECRET, intruder, team_id=team, name="x"),
+        alpha.team_id,
     )
-    denied(engine, lambda c: keys_admin.revoke_key(c, intruder, alpha.key_id))
-    denied(engine, lambda c: keys_admin.key_policy(c, intruder, alpha.key_id))
-    denied(engine, lambda c: keys_admin.set_key_policy(c, intruder, alpha.key_id, tags=["x"]))
+    hidden(engine, lambda c, key: keys_admin.revoke_key(c, intruder, key), alpha.key_id)
+    hidden(engine, lambda c, key: keys_admin.key_policy(c, intruder, key), alpha.key_id)
+    hidden(
+        engine,
+        lambda c, key: keys_admin.set_key_policy(c, intruder, key, tags=["x"]),
+        alpha.key_id,
+    )
     with engine.connect() as conn:
         visible = {team.id for team in keys_admin.visible_teams(conn, intruder)}
         assert alpha.team_id not in visible
@@ -197,20 +222,57 @@ def test_other_keys_rejected(engine: Engine, tenants) -> None:
         assert keys_admin.key_policy(conn, STAFF, alpha.key_id)["tags"] == []
 
 
-def test_other_teams_projects_rejected(engine: Engine, tenants) -> None:
+def test_role_failure_denied_before_lookup(engine: Engine, tenants) -> None:
+    alpha, beta = tenants
+    viewer = Actor("beta-viewer", "viewer", organization_ids=frozenset({beta.organization_id}))
+    for key_id in (beta.key_id, alpha.key_id, MISSING_ID):
+        denied(engine, lambda c, k=key_id: keys_admin.revoke_key(c, viewer, k))
+        denied(engine, lambda c, k=key_id: keys_admin.key_policy(c, viewer, k))
+    for team_id in (beta.team_id, alpha.team_id, MISSING_ID):
+        denied(
+            engine,
+            lambda c, t=team_id: limits_admin.add_project(c, viewer, team_id=t, name="x"),
+        )
+    for rule_id in (beta.rule_id, alpha.rule_id, MISSING_ID):
+        denied(engine, lambda c, r=rule_id: health_rules.delete_rule(c, viewer, r))
+
+
+def test_other_teams_projects_not_found(engine: Engine, tenants) -> None:
     alpha, beta = tenants
     intruder = beta.owner
     denied(engine, lambda c: keys_admin.create_team(c, intruder, "sneaky", alpha.organization_id))
     # Without an organization the team would go to the Default one, which is not theirs.
     with engine.begin() as conn, pytest.raises(InvalidRequestError):
         keys_admin.create_team(conn, intruder, "sneaky")
-    denied(engine, lambda c: limits_admin.add_project(c, intruder, team_id=alpha.team_id, name="x"))
+    hidden(
+        engine,
+        lambda c, team: limits_admin.add_project(c, intruder, team_id=team, name="x"),
+        alpha.team_id,
+    )
+
+    hidden(
+        engine,
+        lambda c, project: limits_admin.save_budget(
+            c, intruder, scope_type="project", scope_id=project, period="daily", limit_usd="1"
+        ),
+        alpha.project_id,
+    )
+    hidden(engine, lambda c, team: reports.scope_for_team(c, team, None, intruder), alpha.team_id)
+    with engine.connect() as conn:
+        beta_user = conn.execute(
+            select(users.c.id).where(users.c.username == "beta@example.com")
+        ).scalar_one()
+    hidden(
+        engine,
+        lambda c, team: users_admin.set_team_membership(c, intruder, beta_user, team, "member"),
+        alpha.team_id,
+    )
     with engine.begin() as conn:
         team = keys_admin.create_team(conn, STAFF, "staff-team", alpha.organization_id)
     assert team.organization_id == alpha.organization_id
 
 
-def test_other_budgets_limits_rejected(engine: Engine, tenants) -> None:
+def test_other_budgets_limits_not_found(engine: Engine, tenants) -> None:
     alpha, beta = tenants
     intruder = beta.owner
     for scope_type, scope_id in (
@@ -219,43 +281,52 @@ def test_other_budgets_limits_rejected(engine: Engine, tenants) -> None:
         ("project", alpha.project_id),
         ("key", alpha.key_id),
     ):
-        denied(
+        hidden(
             engine,
-            lambda c, t=scope_type, i=scope_id: limits_admin.save_budget(
+            lambda c, i, t=scope_type: limits_admin.save_budget(
                 c, intruder, scope_type=t, scope_id=i, period="daily", limit_usd=Decimal(1)
             ),
+            scope_id,
         )
-        denied(
+        hidden(
             engine,
-            lambda c, t=scope_type, i=scope_id: limits_admin.set_rate_limits(
+            lambda c, i, t=scope_type: limits_admin.set_rate_limits(
                 c, intruder, scope_type=t, scope_id=i, requests_per_minute=1
             ),
+            scope_id,
         )
-    denied(engine, lambda c: limits_admin.delete_budget(c, intruder, alpha.budget_id))
+    # Deleting another organization's budget returns False, as for a missing one.
+    with engine.begin() as conn:
+        assert limits_admin.delete_budget(conn, intruder, alpha.budget_id) is False
+        assert limits_admin.delete_budget(conn, intruder, MISSING_ID) is False
     with engine.connect() as conn:
         scopes = limits_admin.list_scopes(conn, intruder)
         budget_ids = {budget.id for budget in limits_admin.list_budgets(conn, intruder)}
+        alpha_budgets = {budget.id for budget in limits_admin.list_budgets(conn, alpha.owner)}
     assert {scope.organization_id for scope in scopes} == {beta.organization_id}
     assert budget_ids == {beta.budget_id}
+    assert alpha_budgets == {alpha.budget_id}
     with engine.begin() as conn:
         assert limits_admin.delete_budget(conn, alpha.owner, alpha.budget_id) is True
 
 
-def test_other_channels_rules_rejected(engine: Engine, tenants) -> None:
+def test_other_channels_rules_hidden(engine: Engine, tenants) -> None:
     alpha, beta = tenants
     intruder = beta.owner
-    denied(
+    hidden(
         engine,
-        lambda c: limits_admin.add_alert_channel(
+        lambda c, organization_id: limits_admin.add_alert_channel(
             c,
             intruder,
             SECRET,
-            organization_id=alpha.organization_id,
+            organization_id=organization_id,
             kind="email",
             target="x@example.com",
         ),
+        alpha.organization_id,
     )
     denied(engine, lambda c: limits_admin.list_alert_channels(c, intruder, alpha.organization_id))
+
     rule = {
         "name": "moved",
         "kind": "error_rate",
@@ -272,18 +343,128 @@ def test_other_channels_rules_rejected(engine: Engine, tenants) -> None:
         ),
     )
     # Moving the other organization's rule into one's own is rejected too.
-    denied(
+    hidden(
         engine,
-        lambda c: health_rules.save_rule(
-            c, intruder, rule_id=alpha.rule_id, organization_id=beta.organization_id, **rule
+        lambda c, rule_id: health_rules.save_rule(
+            c, intruder, rule_id=rule_id, organization_id=beta.organization_id, **rule
         ),
+        alpha.rule_id,
     )
-    denied(engine, lambda c: health_rules.delete_rule(c, intruder, alpha.rule_id))
+    # Deleting another organization's rule returns False, as for a missing one.
+    with engine.begin() as conn:
+        assert health_rules.delete_rule(conn, intruder, alpha.rule_id) is False
+        assert health_rules.delete_rule(conn, intruder, MISSING_ID) is False
     with engine.connect() as conn:
         rule_ids = {rule.id for rule in health_rules.visible_rules(conn, intruder)}
+        alpha_rule_ids = {rule.id for rule in health_rules.visible_rules(conn, alpha.owner)}
         channels = limits_admin.list_alert_channels(conn, alpha.owner, alpha.organization_id)
     assert rule_ids == {beta.rule_id}
+    assert alpha_rule_ids == {alpha.rule_id}
     assert [channel.target for channel in channels] == ["alerts@alpha.example"]
+
+
+# Every gateway_core function that reads one organization's billing.
+BILLING_READS = (
+    lambda conn, org_id, actor: billing.credit_balance(conn, org_id, actor),
+    lambda conn, org_id, actor: billing.ledger_history(conn, org_id, actor),
+    lambda conn, org_id, actor: billing.list_payments(conn, org_id, actor),
+    lambda conn, org_id, actor: billing.list_invoices(conn, org_id, actor),
+    lambda conn, org_id, actor: billing.plan_state(conn, org_id, actor),
+    lambda conn, org_id, actor: billing.stripe_customer_of(conn, org_id, actor),
+    lambda conn, org_id, actor: signup.live_keys_allowed(conn, org_id, actor),
+)
+
+
+def test_other_billing_rejected(engine: Engine, tenants) -> None:
+    alpha, beta = tenants
+    intruder = beta.owner
+    code = "organization_not_member"
+    for read in BILLING_READS:
+        denied(engine, lambda c, r=read: r(c, alpha.organization_id, intruder), code=code)
+
+    with engine.begin() as conn:
+        promotions.create_coupon(conn, "SHARED", Decimal(3), actor=STAFF)
+    denied(
+        engine,
+        lambda c: promotions.redeem_coupon(c, alpha.organization_id, "SHARED", intruder),
+        code=code,
+    )
+    denied(
+        engine,
+        lambda c: promotions.referral_code_for(c, alpha.organization_id, intruder),
+        code=code,
+    )
+
+    # The check comes before any Stripe request, so this address is never contacted.
+    service = Billing(
+        BillingSettings(
+            api_key="sk_test_x", webhook_secret="whsec_x", api_base="http://127.0.0.1:9"
+        )
+    )
+    url = "http://127.0.0.1:8501/billing"
+    org_id = alpha.organization_id
+    denied(
+        engine,
+        lambda c: service.create_topup_session(c, org_id, Decimal(10), url, url, intruder),
+        code=code,
+    )
+    denied(
+        engine,
+        lambda c: service.create_plan_session(c, org_id, "price_x", url, url, intruder),
+        code=code,
+    )
+    denied(engine, lambda c: service.create_portal_session(c, org_id, url, intruder), code=code)
+
+    # The organization's own owner reads and redeems.
+    with engine.begin() as conn:
+        balance, history, payments, invoices, plan, customer, live = (
+            read(conn, org_id, alpha.owner) for read in BILLING_READS
+        )
+        assert promotions.redeem_coupon(conn, org_id, "SHARED", alpha.owner) == Decimal(3)
+        assert promotions.referral_code_for(conn, org_id, alpha.owner)
+    assert balance == Decimal(10)
+    assert [entry.kind for entry in history] == ["trial"]
+    assert payments == []
+    assert invoices == []
+    assert plan is None
+    assert customer is None
+    assert live is False
+
+
+def test_billing_role_checked_in_own_org(engine: Engine, tenants) -> None:
+    alpha, _ = tenants
+    org_ids = frozenset({alpha.organization_id})
+    viewer = Actor("alpha-viewer", "viewer", organization_ids=org_ids)
+    finance = Actor("alpha-billing", "billing", organization_ids=org_ids)
+    denied(
+        engine,
+        lambda c: billing.list_payments(c, alpha.organization_id, viewer),
+        code="action_not_allowed",
+    )
+    with engine.connect() as conn:
+        assert billing.list_payments(conn, alpha.organization_id, finance) == []
+
+
+def test_billing_settings_staff_only(engine: Engine, tenants) -> None:
+    _, beta = tenants
+    owner = beta.owner
+    code = "installation_action"
+    denied(engine, lambda c: billing.save_plan(c, "price_pro", "Pro", Decimal(5), owner), code=code)
+    denied(
+        engine, lambda c: promotions.create_coupon(c, "MINE", Decimal(5), actor=owner), code=code
+    )
+    denied(engine, lambda c: promotions.list_coupons(c, owner), code=code)
+    denied(
+        engine,
+        lambda c: signup.save_settings(c, signup.SelfServiceSettings(signup_enabled=True), owner),
+        code=code,
+    )
+    denied(engine, lambda c: email_outbox.list_emails(c, owner), code=code)
+    with engine.begin() as conn:
+        assert billing.save_plan(conn, "price_pro", "Pro", Decimal(5), STAFF).name == "Pro"
+        promotions.create_coupon(conn, "STAFF", Decimal(5), actor=STAFF)
+        assert [coupon.code for coupon in promotions.list_coupons(conn, STAFF)] == ["STAFF"]
+        assert email_outbox.list_emails(conn, STAFF)
 
 
 def test_other_audit_rows_hidden(engine: Engine, tenants) -> None:
@@ -305,7 +486,6 @@ def test_other_audit_rows_hidden(engine: Engine, tenants) -> None:
 def test_other_usage_rejected(engine: Engine, database_url: str, tenants) -> None:
     alpha, beta = tenants
     intruder = beta.owner
-    denied(engine, lambda c: reports.scope_for_team(c, alpha.team_id, None, intruder))
     with engine.connect() as conn:
         own = reports.scope_for_team(conn, beta.team_id, None, intruder)
     assert own.organization_id == beta.organization_id
@@ -384,6 +564,50 @@ def test_other_users_rejected(engine: Engine, tenants) -> None:
         ).all()
     assert invited == frozenset({beta.organization_id})
     assert len(members) == 1
+
+
+def user_id_of(engine: Engine, username: str) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(users.c.id).where(users.c.username == username)).scalar_one()
+
+
+def test_last_owner_kept_per_organization(engine: Engine, tenants) -> None:
+    alpha, beta = tenants
+    alpha_owner = user_id_of(engine, alpha.owner.username)
+    # Staff owners and beta's owner exist, but alpha's owner is alpha's only one.
+    for change in (
+        lambda c: users_admin.change_role(c, STAFF, alpha_owner, "admin"),
+        lambda c: users_admin.set_disabled(c, STAFF, alpha_owner, True),
+    ):
+        with engine.begin() as conn, pytest.raises(InvalidRequestError) as raised:
+            change(conn)
+        assert raised.value.code == "last_owner"
+        assert f"organization {alpha.organization_id}" in raised.value.message
+    with engine.begin() as conn:
+        users_admin.invite_user(
+            conn,
+            STAFF,
+            "alpha-second",
+            "second@alpha.example",
+            "owner",
+            "",
+            organization_id=alpha.organization_id,
+        )
+    with engine.begin() as conn:
+        assert users_admin.change_role(conn, STAFF, alpha_owner, "admin") is True
+
+
+def test_last_staff_owner_kept(engine: Engine, tenants) -> None:
+    root = user_id_of(engine, "root")
+    # Organization owners exist, but root is the only staff owner.
+    with engine.begin() as conn, pytest.raises(InvalidRequestError) as raised:
+        users_admin.change_role(conn, STAFF, root, "admin")
+    assert raised.value.code == "last_owner"
+    assert "installation staff" in raised.value.message
+    with engine.begin() as conn:
+        users_admin.invite_user(conn, STAFF, "ops", "ops@example.com", "owner", "")
+    with engine.begin() as conn:
+        assert users_admin.change_role(conn, STAFF, root, "admin") is True
 
 
 def test_installation_actions_rejected(engine: Engine, tenants) -> None:
@@ -495,3 +719,33 @@ def test_staff_pages_show_both(cookies, engine: Engine, tenants) -> None:
         text = page_text(at)
         for name in expected:
             assert name in text, f"{page} page does not show {name!r} to staff"
+
+
+def test_staff_invite_into_organization(cookies, engine: Engine, tenants) -> None:
+    alpha, _ = tenants
+    at = start_app()
+    test_app_pages.sign_in(at, "root")
+    open_page(at, "pages/users.py")
+    picker = at.selectbox(key="invite_organization")
+    assert picker.options == ["None (installation staff)", "alpha Labs", "beta Labs"]
+    assert picker.value is None
+
+    at.text_input(key="invite_username").input("alpha-analyst")
+    at.text_input(key="invite_email").input("analyst@alpha.example")
+    at.selectbox(key="invite_organization").set_value(alpha.organization_id)
+    test_app_pages.click(at, "Invite user")
+
+    assert any("into alpha Labs" in message.value for message in at.success)
+    with engine.connect() as conn:
+        organization_ids = access.organization_ids_of(conn, "alpha-analyst")
+    assert organization_ids == frozenset({alpha.organization_id})
+
+
+def test_owner_invite_picker_own_only(cookies, engine: Engine, tenants) -> None:
+    alpha, _ = tenants
+    at = start_app()
+    sign_in(at, alpha.owner.username)
+    open_page(at, "pages/users.py")
+    picker = at.selectbox(key="invite_organization")
+    assert picker.options == ["alpha Labs"]
+    assert picker.disabled

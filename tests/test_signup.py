@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import Engine, select, update
 from streamlit.testing.v1 import AppTest
 
-from gateway_core import keys, keys_admin, provisioning, signup
+from gateway_core import access, keys, keys_admin, provisioning, signup
 from gateway_core.access import Actor
 from gateway_core.billing import Billing, BillingSettings
 from gateway_core.errors import PermissionDeniedError, RateLimitError
@@ -277,13 +277,14 @@ def test_paid_checkout_allows_live_keys(engine: Engine, fake_stripe: FakeStripe)
         )
     )
     with engine.begin() as conn:
+        owner = access.load_actor(conn, "ada@example.com", "owner")
         session = service.create_topup_session(
             conn,
             result.organization_id,
             Decimal(10),
             "http://127.0.0.1:8501/billing?checkout=success",
             "http://127.0.0.1:8501/billing?checkout=cancel",
-            "ada@example.com",
+            owner,
         )
     with engine.begin() as conn, pytest.raises(PermissionDeniedError):
         keys.create_key(conn, SECRET, team_id=result.team_id, name="prod")
@@ -380,6 +381,6 @@ def test_cli_emails_list(server_env: dict[str, str], engine: Engine) -> None:
 def test_settings_keep_other_values(engine: Engine) -> None:
     with engine.begin() as conn:
         current = signup.get_settings(conn)
-        signup.save_settings(conn, replace(current, trial_days=30), "root")
+        signup.save_settings(conn, replace(current, trial_days=30), "owner")
         signup.set_signup_enabled(conn, OWNER, True)
         assert signup.get_settings(conn).trial_days == 30

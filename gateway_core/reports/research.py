@@ -138,12 +138,12 @@ def scope_for_team(
 ) -> ReportScope:
     """Return the report scope of a team, or of one of its projects, by id.
 
-    With an `actor`, raises PermissionDeniedError unless the team is in one
-    of the actor's organizations.
+    With an `actor`, a team outside the actor's organizations raises the
+    NotFoundError of a missing team.
     """
     if actor is not None:
         organization_id = access.organization_of_team(conn, team_id)
-        access.require_organization(actor, organization_id, "reports.read")
+        access.require_object(actor, organization_id, "reports.read", f"no team with id {team_id}")
     row = conn.execute(
         select(organizations.c.id, organizations.c.name, organizations.c.timezone, teams.c.name)
         .join(teams, teams.c.organization_id == organizations.c.id)
