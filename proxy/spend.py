@@ -294,10 +294,14 @@ class SpendGuard:
             self.open_reservations += 1
             return Reservation((), Decimal(0))
         amount = max_cost()
+        used_at = time.monotonic()
         taken: list[Limit] = []
         try:
             for limit in limits:
-                state = self._leases.setdefault(limit.key, LeaseState())
+                state = self._leases.get(limit.key)
+                if state is None:
+                    # Built only when missing: a LeaseState holds an asyncio.Lock.
+                    state = self._leases[limit.key] = LeaseState()
                 if state.available < amount:
                     async with state.lock:
                         if state.available < amount:
@@ -310,7 +314,7 @@ class SpendGuard:
                         code=limit.error_code,
                     )
                 state.reserved += amount
-                state.last_used = time.monotonic()
+                state.last_used = used_at
                 taken.append(limit)
         except BaseException:
             for limit in taken:
