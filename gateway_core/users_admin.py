@@ -91,20 +91,18 @@ def _user_organizations(conn: Connection, user_id: int) -> frozenset[int]:
 
 
 def _require_user_in_scope(conn: Connection, actor: Actor, user_id: int, action: str) -> None:
-    """Raise PermissionDeniedError unless the actor may manage this user.
+    """Raise NotFoundError unless the actor may manage this user.
 
     An organization user may manage a user who is a member of one of their
-    organizations, and never a staff user (one in no organization).
+    organizations, and never a staff user (one in no organization). Any
+    other user reads as missing, as another organization's key does, so an
+    organization user cannot learn which user ids exist.
     """
     if actor.is_staff:
         return
     shared = _user_organizations(conn, user_id) & (actor.organization_ids or frozenset())
     if not shared:
-        raise PermissionDeniedError(
-            f"user {actor.username!r} may not perform {action!r} on user {user_id}, who is "
-            "not a member of their organizations.",
-            code="organization_not_member",
-        )
+        raise NotFoundError(f"no user with id {user_id}")
 
 
 def _require_owner_for(actor: Actor, account: dict[str, Any], what: str) -> None:
