@@ -26,8 +26,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import ColumnElement, Connection, exists, select
 
 from gateway_core.directory import ROLES
 from gateway_core.errors import NotFoundError, PermissionDeniedError
@@ -300,12 +301,23 @@ def require_scope(
     require_object(actor, organization_id, action, f"{scope_type} {scope_id} not found")
 
 
-def organization_member_names(conn: Connection, organization_ids: frozenset[int]) -> list[str]:
-    """Return the usernames of the members of these organizations."""
-    rows = conn.execute(
-        select(users.c.username)
+def written_by_member(
+    organization_ids: frozenset[int],
+    actor_column: ColumnElement[Any],
+    time_column: ColumnElement[Any],
+) -> ColumnElement[bool]:
+    """Return a condition for rows written by a current member of these organizations.
+
+    Rows name their writer by username, and a deleted user's username can
+    be taken again, so a row counts only if it is no older than the
+    member's account.
+    """
+    return exists(
+        select(users.c.id)
         .join(organization_members, organization_members.c.user_id == users.c.id)
-        .where(organization_members.c.organization_id.in_(organization_ids))
-        .distinct()
+        .where(
+            organization_members.c.organization_id.in_(organization_ids),
+            users.c.username == actor_column,
+            users.c.created_at <= time_column,
+        )
     )
-    return list(rows.scalars())

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TextIO
 
-from sqlalchemy import Connection, Select, false, select
+from sqlalchemy import Connection, Select, select
 
 from gateway_core import access, audit
 from gateway_core.access import Actor
@@ -58,10 +58,9 @@ def _visible(conn: Connection, principal: Actor | str, query: Select) -> Select:
     access.require(actor.role, "audit.read")
     if actor.organization_ids is None:
         return query
-    members = access.organization_member_names(conn, actor.organization_ids)
-    if not members:
-        return query.where(false())
-    return query.where(audit_log.c.actor.in_(members))
+    return query.where(
+        access.written_by_member(actor.organization_ids, audit_log.c.actor, audit_log.c.created_at)
+    )
 
 
 def _filtered(filters: AuditFilters) -> Select:

@@ -200,9 +200,9 @@ class RunStore:
     def _visible_to(self, actor: Actor | None) -> Any:
         if actor is None or actor.organization_ids is None:
             return None
-        with self.engine.connect() as conn:
-            members = access.organization_member_names(conn, actor.organization_ids)
-        return comparison_runs.c.created_by.in_(members)
+        return access.written_by_member(
+            actor.organization_ids, comparison_runs.c.created_by, comparison_runs.c.created_at
+        )
 
     def _runs(self, condition: Any, limit: int) -> list[RunRecord]:
         prompt_count = (

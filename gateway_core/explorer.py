@@ -29,7 +29,7 @@ import pyarrow as pa
 from gateway_core import access
 from gateway_core.access import Actor
 from gateway_core.csv_cells import spool_to_file, text_cell
-from gateway_core.errors import InvalidRequestError
+from gateway_core.errors import InvalidRequestError, PermissionDeniedError
 from gateway_core.rollups import split_by_table
 from gateway_core.time_ranges import TimeRange
 from gateway_core.usage_stats import NO_MODEL, NO_PROJECT, NO_TEAM, key_label
@@ -118,10 +118,17 @@ class ExplorerFilters:
 def require_filters(actor: Actor, filters: ExplorerFilters) -> None:
     """Raise PermissionDeniedError unless the actor may read the filters' organization.
 
-    Filters without an organization cover every organization, so only
-    installation staff may use them.
+    Filters without an organization cover every organization, and calls
+    without a valid key (`include_no_team`) belong to none, so only
+    installation staff may use either.
     """
     access.require_organization(actor, filters.organization_id, "usage.read")
+    if filters.include_no_team and not actor.is_staff:
+        raise PermissionDeniedError(
+            f"user {actor.username!r} may not read calls without a valid key: they belong "
+            "to no organization, so only installation staff may read them.",
+            code="organization_not_member",
+        )
 
 
 def check_status(status: str) -> str:

@@ -336,6 +336,14 @@ def set_team_membership(
     team_name = conn.execute(select(teams.c.name).where(teams.c.id == team_id)).scalar_one_or_none()
     if team_name is None:
         raise NotFoundError(f"no team with id {team_id}")
+    user_organizations = _user_organizations(conn, user_id)
+    team_organization = access.organization_of_team(conn, team_id)
+    if team_role is not None and user_organizations and team_organization not in user_organizations:
+        raise InvalidRequestError(
+            f"user {account['username']!r} is a member of another organization than team "
+            f"{team_name!r}; invite them into that organization first",
+            code="organization_mismatch",
+        )
     before = conn.execute(
         select(team_members.c.role).where(
             team_members.c.user_id == user_id, team_members.c.team_id == team_id

@@ -145,7 +145,9 @@ organization = pick_organization(
 names = load_names(url, organization.id, actor)
 today = datetime.now(UTC).astimezone(zone_info(organization.timezone)).date()
 
-team_options = {NO_TEAM: "(no team: calls without a valid key)", **names.teams}
+# Calls without a valid key belong to no organization, so only staff see them.
+team_options = {NO_TEAM: "(no team: calls without a valid key)"} if actor.is_staff else {}
+team_options |= names.teams
 dates_column, team_column, project_column = st.columns([2, 2, 2])
 earliest, latest = today - timedelta(days=LINK_DAYS_BACK), today + timedelta(days=1)
 first_day = preselected_date("start", today - timedelta(days=DEFAULT_DAYS - 1), earliest, latest)

@@ -34,6 +34,7 @@ from gateway_core import (
     reports,
     signup,
     usage_stats,
+    user_data,
     users_admin,
 )
 from gateway_core.access import Actor
@@ -483,6 +484,36 @@ def test_other_audit_rows_hidden(engine: Engine, tenants) -> None:
     denied(engine, lambda c: audit_search.verify(c, beta.owner), code="installation_action")
 
 
+def test_reused_username_hides_old_audit(engine: Engine, tenants) -> None:
+    _, beta = tenants
+    with engine.begin() as conn:
+        user_data.delete_user(conn, "beta@example.com")
+    with engine.begin() as conn:
+        signup.sign_up(conn, SECRET, "beta@example.com", PASSWORD, "mallory Labs")
+    with engine.connect() as conn:
+        newcomer = access.load_actor(conn, "beta@example.com", "owner")
+        rows = audit_search.search(conn, newcomer, AuditFilters())
+        staff_rows = audit_search.search(conn, STAFF, AuditFilters(actor="beta@example.com"))
+    # The deleted owner's entries stay in the log for staff, but the new
+    # owner of the same username sees only their own sign-up.
+    assert len(staff_rows) > 1
+    assert [row["action"] for row in rows] == ["signup.create"]
+    assert newcomer.organization_ids != beta.owner.organization_ids
+
+
+def test_staff_cannot_cross_team_membership(engine: Engine, tenants) -> None:
+    alpha, beta = tenants
+    with engine.connect() as conn:
+        alpha_id = conn.execute(
+            select(users.c.id).where(users.c.username == "alpha@example.com")
+        ).scalar_one()
+    with engine.begin() as conn, pytest.raises(InvalidRequestError) as raised:
+        users_admin.set_team_membership(conn, STAFF, alpha_id, beta.team_id, "admin")
+    assert raised.value.code == "organization_mismatch"
+    with engine.begin() as conn:
+        assert users_admin.set_team_membership(conn, STAFF, alpha_id, alpha.team_id, "admin")
+
+
 def test_other_usage_rejected(engine: Engine, database_url: str, tenants) -> None:
     alpha, beta = tenants
     intruder = beta.owner
@@ -525,6 +556,16 @@ def test_other_usage_rejected(engine: Engine, database_url: str, tenants) -> Non
     with pytest.raises(PermissionDeniedError):
         explorer.require_filters(intruder, ExplorerFilters(start=filters.start, end=filters.end))
     explorer.require_filters(alpha.owner, filters)
+    # Calls without a valid key belong to no organization.
+    no_team = ExplorerFilters(
+        start=filters.start,
+        end=filters.end,
+        organization_id=alpha.organization_id,
+        include_no_team=True,
+    )
+    with pytest.raises(PermissionDeniedError):
+        explorer.require_filters(alpha.owner, no_team)
+    explorer.require_filters(STAFF, no_team)
 
 
 def test_other_users_rejected(engine: Engine, tenants) -> None:
