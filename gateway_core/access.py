@@ -104,7 +104,7 @@ class Actor:
         return self.organization_ids is None
 
     def may_see(self, organization_id: int | None) -> bool:
-        """Whether the organization is one this actor may read and change.
+        """Return whether this actor may read and change the organization.
 
         Rows without an organization, such as calls that no key authenticated,
         are visible to staff only.

@@ -13,8 +13,8 @@ message per cool-down window.
 error_rate and p95_latency are measured in usage_events, which all workers
 share. circuit_open and spool_rows are the evaluating worker's own state.
 An incident of any kind is resolved only after no worker has seen its
-condition for `resolve_grace` seconds. For a local condition that means
-every worker agrees it is gone; for a measured one, a value hovering at the
+condition for `resolve_grace` seconds. For a local condition, this means
+every worker agrees it is gone. For a measured one, a value hovering at the
 threshold keeps one incident open instead of resolving and reopening it on
 alternate evaluations.
 """

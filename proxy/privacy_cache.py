@@ -13,6 +13,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway_core.privacy import Redactor
 from proxy.context import KeyIdentity
+from proxy.reloading import reload_once
 from proxy.spend import scopes_of
 
 logger = logging.getLogger("gatewayz.privacy")
@@ -54,17 +55,11 @@ class PrivacyCache:
     async def logs_bodies(self, identity: KeyIdentity) -> bool:
         """Return whether this key's calls store bodies; the most specific setting wins."""
         if time.monotonic() - self._loaded_at > self._refresh_interval:
-            if self._lock.locked():
-                # Another request is reloading: wait for its result instead
-                # of sending the same queries again.
-                async with self._lock:
-                    pass
-            else:
-                try:
-                    await self.refresh()
-                except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
-                    self._loaded_at = time.monotonic()
-                    logger.warning("privacy settings not reloaded (%s); using the last ones", exc)
+            try:
+                await reload_once(self._lock, self.refresh)
+            except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
+                self._loaded_at = time.monotonic()
+                logger.warning("privacy settings not reloaded (%s); using the last ones", exc)
         for scope in scopes_of(identity):
             setting = self._log_bodies.get(scope)
             if setting is not None:

@@ -70,9 +70,9 @@ class EventStreamResponse:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             sent += 1
             if sent % _YIELD_EVERY == 0:
-                # A source that never waits (the sandbox) would otherwise run
-                # to its end before the disconnect watcher gets a turn, and
-                # sending to a closed connection does not raise under uvicorn.
+                # Sending to a closed connection does not raise under uvicorn,
+                # so a source that never waits (the sandbox) gives the
+                # disconnect watcher a turn here.
                 await asyncio.sleep(0)
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -39,6 +39,7 @@ from gateway_core.budgets import (
 )
 from gateway_core.errors import InsufficientCreditsError, ServiceUnavailableError
 from proxy.context import KeyIdentity
+from proxy.reloading import reload_once
 
 logger = logging.getLogger("gatewayz.spend")
 
@@ -279,16 +280,10 @@ class SpendGuard:
         the largest possible call takes time that a key without one would waste.
         """
         if time.monotonic() - self._loaded_at > self._refresh_interval:
-            if self._refresh_lock.locked():
-                # Another request or the maintenance task is reloading: wait
-                # for its result instead of sending the same queries again.
-                async with self._refresh_lock:
-                    pass
-            else:
-                try:
-                    await self.refresh()
-                except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
-                    logger.warning("budget settings not reloaded (%s); using the last ones", exc)
+            try:
+                await reload_once(self._refresh_lock, self.refresh)
+            except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
+                logger.warning("budget settings not reloaded (%s); using the last ones", exc)
         limits = self.limits_for(identity)
         if not limits:
             self.open_reservations += 1

@@ -494,8 +494,8 @@ def test_reused_username_hides_old_audit(engine: Engine, tenants) -> None:
         newcomer = access.load_actor(conn, "beta@example.com", "owner")
         rows = audit_search.search(conn, newcomer, AuditFilters())
         staff_rows = audit_search.search(conn, STAFF, AuditFilters(actor="beta@example.com"))
-    # The deleted owner's entries stay in the log for staff, but the new
-    # owner of the same username sees only their own sign-up.
+    # Staff still read the deleted owner's entries, while the new owner of
+    # the same username reads only their own sign-up.
     assert len(staff_rows) > 1
     assert [row["action"] for row in rows] == ["signup.create"]
     assert newcomer.organization_ids != beta.owner.organization_ids

@@ -30,6 +30,7 @@ from proxy.providers.base import Provider
 from proxy.providers.gemini import GeminiProvider
 from proxy.providers.openai_compatible import OpenAICompatibleProvider
 from proxy.providers.sandbox import SANDBOX_MODELS, SandboxProvider
+from proxy.reloading import reload_once
 from proxy.upstream_http import Timeouts, UpstreamClient
 
 logger = logging.getLogger("gatewayz.providers")
@@ -230,13 +231,8 @@ class ProviderRegistry:
 
     async def _refresh_if_stale(self) -> None:
         if time.monotonic() - self._loaded_at > self._refresh_interval:
-            if self._lock.locked():
-                # Another request is reloading: wait for its result instead
-                # of sending the same queries again.
-                async with self._lock:
-                    return
             try:
-                await self.refresh()
+                await reload_once(self._lock, self.refresh)
             except (psycopg.OperationalError, PoolTimeout, OSError) as exc:
                 # Providers, aliases and prices keep their last loaded values.
                 self._loaded_at = time.monotonic()
